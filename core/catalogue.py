@@ -1,0 +1,169 @@
+"""Reading a catalogue folder: the Kaggle "Fashion Product Images" layout or plain images.
+
+Kaggle layout::
+
+    <root>/images/<id>.jpg
+    <root>/styles.csv        id,gender,...,productDisplayName
+
+Plain layout: any folder of images, searched recursively; the id is the file stem.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import CatalogueError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+STYLES_FILE = "styles.csv"
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    """One product photo found on disk, with whatever metadata the catalogue gives it."""
+
+    product_id: str
+    path: Path
+    meta: dict[str, Any]
+
+
+@dataclass
+class Catalogue:
+    """What a folder holds, and what did not line up."""
+
+    root: Path
+    layout: str
+    items: list[CatalogueItem]
+    rows_without_image: list[str] = field(default_factory=list)
+    images_without_row: list[str] = field(default_factory=list)
+    duplicate_ids: list[str] = field(default_factory=list)
+    bad_rows: list[str] = field(default_factory=list)
+
+    def problems(self) -> Iterator[str]:
+        """One human sentence per kind of mismatch, for reports."""
+        if self.rows_without_image:
+            yield _summary("styles.csv rows have no image", self.rows_without_image)
+        if self.images_without_row:
+            yield _summary(
+                "images have no styles.csv row (indexed without metadata)", self.images_without_row
+            )
+        if self.duplicate_ids:
+            yield _summary("ids appear more than once (first file kept)", self.duplicate_ids)
+        if self.bad_rows:
+            yield _summary("styles.csv rows could not be read", self.bad_rows)
+
+
+def _summary(what: str, ids: list[str], shown: int = 5) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{len(ids)} {what}: {', '.join(ids[:shown])}{more}"
+
+
+def read_styles(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Read ``styles.csv`` as {id: metadata}.
+
+    The real Kaggle file has rows whose last column (``productDisplayName``) holds unquoted
+    commas; the extra fields of such a row are joined back into that column.
+
+    Returns:
+        The rows by id, and descriptions of rows that could not be used.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    bad: list[str] = []
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = [name.strip() for name in next(reader)]
+        except StopIteration:
+            raise CatalogueError(f"{path} is empty") from None
+        if "id" not in header:
+            raise CatalogueError(f"{path} has no 'id' column (header: {header})")
+        id_column = header.index("id")
+        width = len(header)
+        for line_no, fields in enumerate(reader, start=2):
+            if not any(value.strip() for value in fields):
+                continue
+            if len(fields) > width:
+                fields = [*fields[: width - 1], ",".join(fields[width - 1 :])]
+            elif len(fields) < width:
+                bad.append(f"line {line_no} ({len(fields)} of {width} fields)")
+                continue
+            product_id = fields[id_column].strip()
+            if not product_id:
+                bad.append(f"line {line_no} (empty id)")
+                continue
+            rows[product_id] = {
+                name: (value.strip() or None)
+                for name, value in zip(header, fields, strict=True)
+                if name != "id"
+            }
+    return rows, bad
+
+
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
+    pattern = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(
+        path
+        for path in pattern
+        if path.is_file()
+        and not path.name.startswith(".")
+        and (not recursive or path.suffix.lower() in IMAGE_SUFFIXES)
+    )
+
+
+def read_catalogue(root: str | Path) -> Catalogue:
+    """Find every product photo under ``root``.
+
+    Raises:
+        CatalogueError: ``root`` is not a folder, or its ``styles.csv`` is unreadable.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CatalogueError(f"{root} is not a folder")
+    images_dir = root / "images"
+    styles_path = root / STYLES_FILE
+    if images_dir.is_dir():
+        # Kaggle layout: every file in images/ is a product photo, whatever its name ends in,
+        # so that a bad file is reported against its product instead of silently skipped.
+        catalogue = Catalogue(root=root, layout="kaggle", items=[])
+        files = _image_files(images_dir, recursive=False)
+    else:
+        catalogue = Catalogue(root=root, layout="folder", items=[])
+        files = _image_files(root, recursive=True)
+
+    styles: dict[str, dict[str, Any]] = {}
+    if styles_path.is_file():
+        styles, catalogue.bad_rows = read_styles(styles_path)
+
+    seen: set[str] = set()
+    for path in files:
+        product_id = path.stem
+        if product_id in seen:
+            catalogue.duplicate_ids.append(product_id)
+            continue
+        seen.add(product_id)
+        meta = styles.get(product_id)
+        if meta is None and styles:
+            catalogue.images_without_row.append(product_id)
+        catalogue.items.append(CatalogueItem(product_id, path.resolve(), dict(meta or {})))
+    catalogue.rows_without_image = sorted(set(styles) - seen, key=_id_sort_key)
+    return catalogue
+
+
+def _id_sort_key(product_id: str) -> tuple[int, str]:
+    return (0, f"{int(product_id):020d}") if product_id.isdigit() else (1, product_id)
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes: a photo that changes is embedded again."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

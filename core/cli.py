@@ -1,0 +1,174 @@
+"""The ``lookalike`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from core.catalogue import read_catalogue
+from core.db import make_engine, make_sessionmaker, upgrade
+from core.errors import LookalikeError
+from core.indexing import IndexSummary, index_catalogue, similar_products
+from core.jobs import create_job, finish_job
+from core.settings import Settings, get_settings
+
+
+class LookalikeGroup(click.Group):
+    """Turns domain errors into one clear line and exit status 1, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except LookalikeError as exc:
+            raise click.ClickException(exc.message) from exc
+
+
+@click.group(cls=LookalikeGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Lookalike: visual-similarity search for product catalogues."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    ctx.obj = get_settings()
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_obj
+def index(settings: Settings, path: Path) -> None:
+    """Index the catalogue in PATH (Kaggle layout or a folder of images).
+
+    Runs again safely: products already embedded with the current model are skipped and only
+    neighbour lists that change are rewritten.
+    """
+    from core.encoder import load_encoder
+
+    catalogue = read_catalogue(path)
+    for problem in catalogue.problems():
+        click.echo(f"note: {problem}", err=True)
+    click.echo(f"{len(catalogue.items)} photos in {catalogue.root} ({catalogue.layout} layout)")
+
+    upgrade(settings.database_url)
+    encoder = load_encoder(settings)
+    click.echo(f"model {encoder.model_id}")
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        job = create_job(session, "index", {"path": str(catalogue.root)})
+        session.commit()
+        steps = index_catalogue(
+            session,
+            encoder,
+            catalogue.items,
+            k=settings.neighbours,
+            block_size=settings.block_size,
+            batch_size=settings.batch_size,
+            workers=settings.decode_workers,
+            job=job,
+        )
+        bar: tqdm[None] | None = None
+        try:
+            for step in steps:
+                session.commit()
+                if isinstance(step, IndexSummary):
+                    _print_summary(step)
+                elif step.stage == "products":
+                    bar = tqdm(total=job.total, unit="img", desc="embedding", file=sys.stderr)
+                elif step.stage == "embedding" and bar is not None:
+                    bar.update(step.step)
+                    bar.set_postfix(failed=step.failed)
+        except BaseException as exc:
+            session.rollback()
+            finish_job(job, error=f"interrupted: {type(exc).__name__}: {exc}")
+            session.commit()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _print_summary(summary: IndexSummary) -> None:
+    products = summary.products
+    click.echo(
+        f"products: {products.added} new, {products.changed} changed, "
+        f"{products.unchanged} unchanged; embedded {summary.embedded}, "
+        f"skipped {summary.skipped} already embedded, {summary.failed} failed; "
+        f"{summary.lists_written} neighbour lists written"
+    )
+    if summary.failed:
+        click.echo("failed images are listed with: lookalike errors", err=True)
+
+
+@main.command()
+@click.argument("product_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def similar(settings: Settings, product_id: str, as_json: bool) -> None:
+    """Show the products that look most like PRODUCT_ID, with their scores."""
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        product, neighbours = similar_products(session, product_id)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "product": {"id": product.id, **(product.meta or {})},
+                        "neighbours": [
+                            {
+                                "rank": n.rank,
+                                "id": n.product.id,
+                                "score": round(n.score, 6),
+                                **(n.product.meta or {}),
+                            }
+                            for n in neighbours
+                        ],
+                    },
+                    indent=2,
+                )
+            )
+            return
+        click.echo(f"{product.id}  {product.name or ''}".rstrip())
+        for n in neighbours:
+            click.echo(f"{n.rank:>3}  {n.score:.4f}  {n.product.id:<12} {n.product.name or ''}")
+
+
+@main.command()
+@click.option("--job", "job_id", help="Only this job's errors.")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_obj
+def errors(settings: Settings, job_id: str | None, limit: int) -> None:
+    """List photos that could not be indexed, and why."""
+    from sqlalchemy import select
+
+    from core.models import ImageError
+
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        query = select(ImageError).order_by(ImageError.id.desc()).limit(limit)
+        if job_id:
+            query = query.where(ImageError.job_id == job_id)
+        for error in session.scalars(query):
+            click.echo(f"{error.product_id}\t{error.path}\t{error.message}")
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.pass_obj
+def db_upgrade(settings: Settings, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}")

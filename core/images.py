@@ -1,0 +1,131 @@
+"""Decoding product photos into clean RGB pixels, with a clear error for every bad file."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.errors import InvalidImage
+
+ImageSource = str | os.PathLike[str] | bytes | BinaryIO
+
+_WHITE = (255, 255, 255)
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, bytes):
+        if not source:
+            raise InvalidImage("empty file (0 bytes)")
+        return Image.open(io.BytesIO(source))
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidImage(f"no such file: {path}")
+        if path.stat().st_size == 0:
+            raise InvalidImage("empty file (0 bytes)")
+        return Image.open(path)
+    return Image.open(source)
+
+
+def check_image(source: ImageSource, max_pixels: int) -> tuple[str, int, int]:
+    """Identify an image without decoding its pixels.
+
+    Returns:
+        The format name, width and height.
+
+    Raises:
+        InvalidImage: not an image Pillow knows, or larger than ``max_pixels``.
+    """
+    try:
+        # Pillow's bomb warning uses a process-wide limit; ours is per call and always raises.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open(source) as img:
+                width, height = img.size
+                fmt = img.format or "unknown"
+    except InvalidImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"image too large (possible decompression bomb): {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage("not an image Pillow can identify") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"unreadable image: {exc}") from None
+    _check_pixels(width, height, max_pixels)
+    return fmt, width, height
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidImage(
+            f"image is {width}x{height} = {width * height:,} pixels, "
+            f"over the limit of {max_pixels:,} (possible decompression bomb)"
+        )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparency is composited on white."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # Wide greyscale: scale the value range to 8 bits instead of clipping at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if img.mode in ("I", "F"):
+            arr = arr - min(float(arr.min()), 0.0)
+        grey = np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def load_rgb(source: ImageSource, max_pixels: int) -> Image.Image:
+    """Decode a photo fully: EXIF orientation applied, converted to RGB.
+
+    Raises:
+        InvalidImage: empty, not an image, truncated, corrupt, or over ``max_pixels``.
+    """
+    try:
+        # Pillow's bomb warning uses a process-wide limit; ours is per call and always raises.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = _open(source)
+            _check_pixels(img.width, img.height, max_pixels)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except InvalidImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"image too large (possible decompression bomb): {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage("not an image Pillow can identify") from None
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text.lower():
+            raise InvalidImage(f"truncated image: {text}") from None
+        raise InvalidImage(f"corrupt image: {text}") from None
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"corrupt image: {exc}") from None
+
+
+def load_pixels(source: ImageSource, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Decode and stretch a photo to ``size`` (width, height): a uint8 array (height, width, 3)."""
+    img = load_rgb(source, max_pixels)
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)

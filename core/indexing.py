@@ -1,0 +1,420 @@
+"""Catalogue indexing: products in, vectors stored, neighbour table kept exact.
+
+Functions here take a ``Session`` and never commit: the caller decides the transaction
+boundaries (one per batch when embedding, so that an interrupted run keeps its progress; one
+for each neighbour-table update, so that a reader never sees a half-written list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.orm import Session
+
+from core.catalogue import CatalogueItem, content_hash
+from core.db import upsert
+from core.encoder import ImageEncoder
+from core.errors import NotIndexed, ProductNotFound
+from core.jobs import finish_job, record_failures, start_job
+from core.models import Embedding, Job, Neighbour, Product
+from core.neighbours import NO_NEIGHBOUR, Neighbours, add_to_lists, changed_rows, empty_lists, top_k
+from core.pipeline import EmbeddedBatch, embed_images
+
+_IN_CHUNK = 500
+T = TypeVar("T")
+
+
+@dataclass
+class ProductSync:
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+
+def _chunks(values: Sequence[T], size: int = _IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def sync_products(session: Session, items: Sequence[CatalogueItem]) -> ProductSync:
+    """Insert new products, update changed ones. A product whose photo changed loses its
+    vectors, so it is embedded again."""
+    result = ProductSync()
+    stale: list[str] = []
+    for chunk in _chunks(items):
+        known = {
+            p.id: p
+            for p in session.scalars(
+                select(Product).where(Product.id.in_([item.product_id for item in chunk]))
+            )
+        }
+        for item in chunk:
+            digest = content_hash(item.path)
+            product = known.get(item.product_id)
+            if product is None:
+                result.added += 1
+                session.add(
+                    Product(
+                        id=item.product_id,
+                        meta=item.meta,
+                        image_path=str(item.path),
+                        content_hash=digest,
+                    )
+                )
+                continue
+            if (product.content_hash, product.image_path, product.meta) == (
+                digest,
+                str(item.path),
+                item.meta,
+            ):
+                result.unchanged += 1
+                continue
+            result.changed += 1
+            if product.content_hash != digest:
+                stale.append(item.product_id)
+            product.meta = item.meta
+            product.image_path = str(item.path)
+            product.content_hash = digest
+    for chunk in _chunks(stale):
+        session.execute(delete(Embedding).where(Embedding.product_id.in_(chunk)))
+    session.flush()
+    return result
+
+
+def pending_products(
+    session: Session, model_id: str, product_ids: Iterable[str] | None = None
+) -> list[tuple[str, str]]:
+    """(id, image path) of products with no vector of their current photo under ``model_id``."""
+    embedded = select(Embedding.product_id).where(
+        and_(
+            Embedding.product_id == Product.id,
+            Embedding.model_id == model_id,
+            Embedding.content_hash == Product.content_hash,
+        )
+    )
+    query = select(Product.id, Product.image_path).where(~embedded.exists())
+    if product_ids is None:
+        return sorted((pid, path) for pid, path in session.execute(query))
+    found: list[tuple[str, str]] = []
+    for chunk in _chunks(sorted(set(product_ids))):
+        found.extend(session.execute(query.where(Product.id.in_(chunk))))
+    return sorted(found)
+
+
+def store_batch(session: Session, model_id: str, batch: EmbeddedBatch, job_id: str | None) -> None:
+    """Upsert a batch's vectors (keyed by product and model id) and record its failures."""
+    if batch.product_ids:
+        hashes = dict(
+            session.execute(
+                select(Product.id, Product.content_hash).where(Product.id.in_(batch.product_ids))
+            )
+            .all()
+        )
+        upsert(
+            session,
+            Embedding.__table__,
+            [
+                {
+                    "product_id": pid,
+                    "model_id": model_id,
+                    "content_hash": hashes[pid],
+                    "dim": int(vector.shape[0]),
+                    "vector": np.asarray(vector, dtype="<f4").tobytes(),
+                }
+                for pid, vector in zip(batch.product_ids, batch.vectors, strict=True)
+            ],
+            keys=["product_id", "model_id"],
+        )
+    record_failures(session, job_id, batch.failures)
+
+
+def embed_pending(
+    session: Session,
+    encoder: ImageEncoder,
+    items: Sequence[tuple[str, str]],
+    batch_size: int,
+    workers: int,
+    job_id: str | None = None,
+) -> Iterator[EmbeddedBatch]:
+    """Embed ``items`` and store each batch; yields after each batch so the caller can commit."""
+    for batch in embed_images(encoder, items, batch_size, workers):
+        store_batch(session, encoder.model_id, batch, job_id)
+        yield batch
+
+
+@dataclass
+class VectorSet:
+    """Every vector of one model, ordered by product id (the tie-break order)."""
+
+    ids: list[str]
+    vectors: np.ndarray
+
+    def positions(self, product_ids: Iterable[str]) -> np.ndarray:
+        index = {pid: pos for pos, pid in enumerate(self.ids)}
+        return np.array([index[pid] for pid in product_ids], dtype=np.int64)
+
+
+def load_vectors(session: Session, model_id: str) -> VectorSet:
+    """All vectors of ``model_id`` whose photo is still the product's current one."""
+    rows = session.execute(
+        select(Embedding.product_id, Embedding.dim, Embedding.vector)
+        .join(Product, Product.id == Embedding.product_id)
+        .where(Embedding.model_id == model_id, Embedding.content_hash == Product.content_hash)
+    ).all()
+    # Python's string order, not the database collation: the same everywhere.
+    ordered = sorted(rows, key=lambda row: row[0])
+    if not ordered:
+        return VectorSet([], np.zeros((0, 0), dtype=np.float32))
+    matrix = np.frombuffer(b"".join(row[2] for row in ordered), dtype="<f4")
+    return VectorSet([row[0] for row in ordered], matrix.reshape(len(ordered), ordered[0][1]))
+
+
+def load_lists(
+    session: Session, vectors: VectorSet, product_ids: Sequence[str], model_id: str, k: int
+) -> Neighbours:
+    """Stored lists of ``product_ids`` as positions in ``vectors`` (rows of another model, or
+    naming products no longer there, read as absent)."""
+    lists = empty_lists(len(product_ids), k)
+    row_of = {pid: row for row, pid in enumerate(product_ids)}
+    index = {pid: pos for pos, pid in enumerate(vectors.ids)}
+    for chunk in _chunks(list(product_ids)):
+        for pid, rank, neighbour, score, mid in session.execute(
+            select(
+                Neighbour.product_id,
+                Neighbour.rank,
+                Neighbour.neighbour_id,
+                Neighbour.score,
+                Neighbour.model_id,
+            ).where(Neighbour.product_id.in_(chunk))
+        ):
+            pos = index.get(neighbour)
+            if mid != model_id or pos is None or not 1 <= rank <= k:
+                continue
+            lists.positions[row_of[pid], rank - 1] = pos
+            lists.scores[row_of[pid], rank - 1] = np.float32(score)
+    return lists
+
+
+def write_lists(
+    session: Session,
+    vectors: VectorSet,
+    product_ids: Sequence[str],
+    lists: Neighbours,
+    model_id: str,
+) -> None:
+    """Replace the stored lists of ``product_ids`` (delete, then insert, in one transaction)."""
+    for chunk in _chunks(list(product_ids)):
+        session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
+    rows = [
+        {
+            "product_id": pid,
+            "rank": rank + 1,
+            "neighbour_id": vectors.ids[pos],
+            "score": float(score),
+            "model_id": model_id,
+        }
+        for pid, positions, scores in zip(product_ids, lists.positions, lists.scores, strict=True)
+        for rank, (pos, score) in enumerate(zip(positions, scores, strict=True))
+        if pos != NO_NEIGHBOUR
+    ]
+    for chunk in _chunks(rows, 5000):
+        session.execute(Neighbour.__table__.insert(), list(chunk))
+
+
+def refresh_neighbours(session: Session, model_id: str, k: int, block_size: int) -> int:
+    """Make the neighbour table exactly the top-k of every vector of ``model_id``.
+
+    Computes every list, then rewrites only those that differ from the table (and drops lists
+    of products without a vector under this model).
+
+    Returns:
+        The number of lists written or removed.
+    """
+    vectors = load_vectors(session, model_id)
+    fresh = top_k(vectors.vectors, k, block_size)
+    stored = load_lists(session, vectors, vectors.ids, model_id, k)
+    rows = changed_rows(stored, fresh)
+    # Rows whose model id differs would read as absent above and so count as changed too.
+    changed_ids = [vectors.ids[row] for row in rows]
+    write_lists(
+        session,
+        vectors,
+        changed_ids,
+        Neighbours(fresh.positions[rows], fresh.scores[rows]),
+        model_id,
+    )
+    orphans = list(
+        session.scalars(
+            select(Neighbour.product_id)
+            .distinct()
+            .where(
+                Neighbour.product_id.not_in(
+                    select(Embedding.product_id).where(Embedding.model_id == model_id)
+                )
+            )
+        )
+    )
+    for chunk in _chunks(orphans):
+        session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
+    return len(changed_ids) + len(orphans)
+
+
+def add_to_neighbours(
+    session: Session, model_id: str, new_ids: Sequence[str], k: int, block_size: int
+) -> int:
+    """Give ``new_ids`` their lists and update every existing list they enter.
+
+    The table afterwards equals :func:`refresh_neighbours`, but only new products are scored
+    against everything; existing products are scored against the new ones alone.
+
+    Returns:
+        The number of lists written.
+    """
+    vectors = load_vectors(session, model_id)
+    new_set = set(new_ids) & set(vectors.ids)
+    new = vectors.positions(sorted(new_set))
+    old_ids = [pid for pid in vectors.ids if pid not in new_set]
+    old = vectors.positions(old_ids)
+    current = load_lists(session, vectors, old_ids, model_id, k)
+    updated, new_lists = add_to_lists(vectors.vectors, current, old, new, k, block_size)
+    rows = changed_rows(current, updated)
+    changed_ids = [old_ids[row] for row in rows] + [vectors.ids[pos] for pos in new]
+    lists = Neighbours(
+        np.concatenate([updated.positions[rows], new_lists.positions]),
+        np.concatenate([updated.scores[rows], new_lists.scores]),
+    )
+    write_lists(session, vectors, changed_ids, lists, model_id)
+    return len(changed_ids)
+
+
+def delete_products(
+    session: Session, product_ids: Sequence[str], model_id: str, k: int, block_size: int
+) -> int:
+    """Delete products and repair every list that held one of them.
+
+    Returns:
+        The number of lists rewritten.
+    """
+    affected: set[str] = set()
+    for chunk in _chunks(list(product_ids)):
+        affected.update(
+            session.scalars(select(Neighbour.product_id).where(Neighbour.neighbour_id.in_(chunk)))
+        )
+        # Cascades remove their vectors, their lists and their places in other lists.
+        session.execute(delete(Product).where(Product.id.in_(chunk)))
+    session.flush()
+    vectors = load_vectors(session, model_id)
+    repair = sorted(affected & set(vectors.ids))
+    lists = top_k(vectors.vectors, k, block_size, queries=vectors.positions(repair))
+    write_lists(session, vectors, repair, lists, model_id)
+    return len(repair)
+
+
+@dataclass
+class SimilarProduct:
+    rank: int
+    product: Product
+    score: float
+
+
+def similar_products(session: Session, product_id: str) -> tuple[Product, list[SimilarProduct]]:
+    """A product and its stored neighbour list, best first.
+
+    Raises:
+        ProductNotFound: no such product.
+        NotIndexed: the product has no neighbour list yet.
+    """
+    product = session.get(Product, product_id)
+    if product is None:
+        raise ProductNotFound(product_id)
+    rows = session.execute(
+        select(Neighbour.rank, Neighbour.score, Product)
+        .join(Product, Product.id == Neighbour.neighbour_id)
+        .where(Neighbour.product_id == product_id)
+        .order_by(Neighbour.rank)
+    ).all()
+    neighbours = [SimilarProduct(rank, other, score) for rank, score, other in rows]
+    if not neighbours:
+        count = session.scalar(
+            select(func.count()).select_from(Embedding).where(Embedding.product_id == product_id)
+        )
+        reason = "it has no vector yet" if not count else "its list has not been built yet"
+        raise NotIndexed(f"product {product_id!r} has no neighbours: {reason}")
+    return product, neighbours
+
+
+@dataclass
+class IndexProgress:
+    """A point where the caller should commit: what stage, and how far it got."""
+
+    stage: str  # "products", "embedding", "neighbours"
+    done: int
+    total: int
+    failed: int = 0
+    step: int = 0
+
+
+@dataclass
+class IndexSummary:
+    products: ProductSync
+    embedded: int
+    failed: int
+    skipped: int
+    lists_written: int
+
+
+def index_catalogue(
+    session: Session,
+    encoder: ImageEncoder,
+    items: Sequence[CatalogueItem],
+    *,
+    k: int,
+    block_size: int,
+    batch_size: int,
+    workers: int,
+    job: Job | None = None,
+) -> Iterator[IndexProgress | IndexSummary]:
+    """Index catalogue ``items``: sync products, embed what is missing, refresh the table.
+
+    A generator: it yields an :class:`IndexProgress` after each unit of work that should be
+    committed (products, then each embedded batch, then the neighbour table), and finally an
+    :class:`IndexSummary`. Products already embedded under this model id are skipped, so a run
+    that was interrupted carries on where it stopped.
+    """
+    synced = sync_products(session, items)
+    pending = pending_products(session, encoder.model_id, [item.product_id for item in items])
+    skipped = len(items) - len(pending)
+    if job is not None:
+        start_job(job, total=len(pending))
+    yield IndexProgress("products", len(items), len(items))
+
+    done = failed = 0
+    for batch in embed_pending(session, encoder, pending, batch_size, workers, job and job.id):
+        done += batch.size
+        failed += len(batch.failures)
+        if job is not None:
+            job.done = done
+        yield IndexProgress("embedding", done, len(pending), failed, batch.size)
+
+    written = refresh_neighbours(session, encoder.model_id, k, block_size)
+    summary = IndexSummary(synced, done - failed, failed, skipped, written)
+    if job is not None:
+        finish_job(job, result=summary_dict(summary, encoder.model_id))
+    yield IndexProgress("neighbours", written, written)
+    yield summary
+
+
+def summary_dict(summary: IndexSummary, model_id: str) -> dict[str, object]:
+    return {
+        "model_id": model_id,
+        "products_added": summary.products.added,
+        "products_changed": summary.products.changed,
+        "embedded": summary.embedded,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "lists_written": summary.lists_written,
+    }

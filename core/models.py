@@ -1,0 +1,132 @@
+"""SQLAlchemy models: products, their vectors, their neighbour lists, jobs and image errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+PRODUCT_ID_LENGTH = 128
+MODEL_ID_LENGTH = 255
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Product(Base):
+    """One catalogue item and its photo."""
+
+    __tablename__ = "products"
+
+    id: Mapped[str] = mapped_column(String(PRODUCT_ID_LENGTH), primary_key=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    image_path: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    @property
+    def name(self) -> str | None:
+        value = self.meta.get("productDisplayName") if self.meta else None
+        return str(value) if value is not None else None
+
+
+class Embedding(Base):
+    """A product's vector under one model id. Vectors of different ids are never compared."""
+
+    __tablename__ = "embeddings"
+
+    product_id: Mapped[str] = mapped_column(
+        ForeignKey("products.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_id: Mapped[str] = mapped_column(String(MODEL_ID_LENGTH), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_embeddings_model_id", "model_id"),)
+
+
+class Neighbour(Base):
+    """One rank of a product's top-k list. A storefront reads these rows with plain SQL."""
+
+    __tablename__ = "neighbours"
+
+    product_id: Mapped[str] = mapped_column(
+        ForeignKey("products.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    neighbour_id: Mapped[str] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
+    score: Mapped[float] = mapped_column(Float)
+    model_id: Mapped[str] = mapped_column(String(MODEL_ID_LENGTH))
+
+    __table_args__ = (Index("ix_neighbours_neighbour_id", "neighbour_id"),)
+
+
+class Job(Base):
+    """A unit of work (index a catalogue, add products, search...) and its progress."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
+
+
+class ImageError(Base):
+    """A photo that could not be used, and why. The rest of its job went on."""
+
+    __tablename__ = "image_errors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True
+    )
+    product_id: Mapped[str | None] = mapped_column(String(PRODUCT_ID_LENGTH), nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        Index("ix_image_errors_job_id", "job_id"),
+        Index("ix_image_errors_product_id", "product_id"),
+    )

@@ -1,0 +1,54 @@
+"""Settings: defaults, then ``LOOKALIKE_*`` environment variables, then explicit overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of Lookalike. Read with :func:`get_settings`, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///lookalike.db",
+        description="SQLAlchemy URL; the default is a SQLite file in the working directory.",
+    )
+    weights: str = Field(
+        default="auto",
+        description="'imagenet', 'bundled', a path to a Keras weights file, or 'auto' "
+        "(imagenet when its weights are already on disk, bundled otherwise).",
+    )
+    layer: str = Field(
+        default="auto",
+        description="Feature layer: 'fc2' (needs top weights) or a convolutional layer such as "
+        "'block5_conv3'; 'auto' takes fc2 when top weights exist, else block5_conv3.",
+    )
+    pooling: Literal["avg", "max", "gem"] = Field(
+        default="avg", description="Global pooling of a convolutional feature layer."
+    )
+    gem_power: float = Field(default=3.0, gt=0, description="p of generalised-mean pooling.")
+    input_size: int = Field(default=224, ge=32, description="Square model input, in pixels.")
+    batch_size: int = Field(default=16, ge=1, description="Images per model call.")
+    decode_workers: int = Field(default=2, ge=1, description="Threads that decode images.")
+    neighbours: int = Field(default=10, ge=1, description="k: neighbours kept per product.")
+    block_size: int = Field(default=2048, ge=16, description="Rows per block of neighbour maths.")
+    max_image_pixels: int = Field(
+        default=50_000_000, ge=1, description="Larger images are refused (decompression bombs)."
+    )
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest image file.")
+    chunk_size: int = Field(default=256, ge=1, description="Images per indexing chunk (task).")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; unset means everything runs in-process."
+    )
+    media_dir: Path = Field(default=Path("media"), description="Where uploaded photos are kept.")
+    api_token: str | None = Field(default=None, description="Bearer token for write endpoints.")
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build settings now: defaults, then the environment, then ``overrides``."""
+    return Settings(**overrides)

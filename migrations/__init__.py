@@ -1,0 +1,1 @@
+"""Alembic migrations of the Lookalike schema (one head)."""

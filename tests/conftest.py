@@ -1,0 +1,139 @@
+"""Shared fixtures: databases on real servers, encoders, and real photos from ../shared."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from core.db import make_engine, upgrade
+from core.encoder import PixelEncoder, VGG16Encoder, load_encoder
+from core.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+PG_ADMIN_URL = os.environ.get(
+    "LOOKALIKE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+# Photos picked by eye from fashion-dev: two white T-shirts worn by a model, two white-and-blue
+# Nike running shoes, a watch, a black T-shirt, and a few more of each kind.
+TSHIRTS = ["2049", "2040", "2288", "1855", "10062"]
+SHOES = ["3168", "3159", "3161", "1636"]
+OTHERS = ["10098"]
+SAMPLE_IDS = TSHIRTS + SHOES + OTHERS
+
+
+@pytest.fixture(scope="session")
+def fashion_dev(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fashion-dev catalogue, unpacked once per test session."""
+    archive = DATASETS / "fashion-dev.tar.gz"
+    if not archive.is_file():
+        pytest.fail(f"{archive} is missing: the tests read real photos from ../shared/datasets")
+    target = tmp_path_factory.mktemp("datasets")
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target / "fashion-dev"
+
+
+def make_catalogue(source: Path, target: Path, ids: list[str]) -> Path:
+    """A small Kaggle-layout catalogue of ``ids`` copied from ``source``."""
+    (target / "images").mkdir(parents=True)
+    lines = (source / "styles.csv").read_text().splitlines()
+    wanted = set(ids)
+    rows = [line for line in lines[1:] if line.split(",", 1)[0] in wanted]
+    (target / "styles.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    for product_id in ids:
+        shutil.copy(source / "images" / f"{product_id}.jpg", target / "images")
+    return target
+
+
+@pytest.fixture
+def sample_catalogue(fashion_dev: Path, tmp_path: Path) -> Path:
+    return make_catalogue(fashion_dev, tmp_path / "catalogue", SAMPLE_IDS)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 for this test session."""
+    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"lookalike_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # pragma: no cover - the message is the point
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database of its own, for tests whose code commits."""
+    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"lookalike_test_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_server_url: str) -> Iterator[Engine]:
+    upgrade(pg_server_url)
+    engine = make_engine(pg_server_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
+    """A session on SQLite or on real PostgreSQL, inside a transaction rolled back afterwards."""
+    if request.param == "postgresql":
+        engine = request.getfixturevalue("pg_engine")
+        owned = False
+    else:
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        owned = True
+    connection = engine.connect()
+    transaction = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield session
+    finally:
+        session.close()
+        transaction.rollback()
+        connection.close()
+        if owned:
+            engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return get_settings(database_url=f"sqlite:///{tmp_path / 'lookalike.db'}", weights="bundled")
+
+
+@pytest.fixture
+def pixel_encoder() -> PixelEncoder:
+    """A fast encoder for tests that are not about the model."""
+    return PixelEncoder(max_pixels=50_000_000)
+
+
+@pytest.fixture(scope="session")
+def vgg_encoder() -> VGG16Encoder:
+    """The real VGG16 encoder with the bundled offline weights, loaded once."""
+    return load_encoder(get_settings(weights="bundled", layer="auto"))

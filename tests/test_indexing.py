@@ -1,0 +1,165 @@
+"""Indexing against a real database (SQLite and PostgreSQL), with the fast pixel encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.catalogue import read_catalogue
+from core.encoder import PixelEncoder
+from core.errors import NotIndexed, ProductNotFound
+from core.indexing import (
+    IndexSummary,
+    add_to_neighbours,
+    delete_products,
+    embed_pending,
+    index_catalogue,
+    load_vectors,
+    pending_products,
+    refresh_neighbours,
+    similar_products,
+    sync_products,
+)
+from core.jobs import create_job, job_errors
+from core.models import Embedding, Job, Neighbour
+from core.neighbours import top_k
+from tests.test_images import bad_files
+
+K = 3
+
+
+def _colour_catalogue(root: Path, count: int = 12) -> Path:
+    """Photos of a gradient whose colour drifts, so neighbours are well defined."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for index in range(count):
+        base = rng.integers(0, 255, size=3)
+        ramp = np.linspace(0, 1, 32)[None, :, None] * rng.integers(0, 255, size=3)
+        pixels = np.clip(base + ramp + np.zeros((24, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"p{index:02d}.png")
+    return root
+
+
+def _run(
+    session: Session, encoder: PixelEncoder, root: Path, job: Job | None = None
+) -> IndexSummary:
+    items = read_catalogue(root).items
+    summary = None
+    for step in index_catalogue(
+        session, encoder, items, k=K, block_size=5, batch_size=4, workers=2, job=job
+    ):
+        session.flush()
+        if isinstance(step, IndexSummary):
+            summary = step
+    assert summary is not None
+    return summary
+
+
+def _table(session: Session) -> list[tuple[str, int, str, float]]:
+    rows = session.execute(
+        select(
+            Neighbour.product_id, Neighbour.rank, Neighbour.neighbour_id, Neighbour.score
+        ).order_by(Neighbour.product_id, Neighbour.rank)
+    ).all()
+    return [(a, b, c, round(d, 5)) for a, b, c, d in rows]
+
+
+def _expected(session: Session, model_id: str) -> list[tuple[str, int, str, float]]:
+    vectors = load_vectors(session, model_id)
+    lists = top_k(vectors.vectors, K)
+    return sorted(
+        (pid, rank + 1, vectors.ids[pos], round(float(score), 5))
+        for pid, row, scores in zip(vectors.ids, lists.positions, lists.scores, strict=True)
+        for rank, (pos, score) in enumerate(zip(row, scores, strict=True))
+        if pos >= 0
+    )
+
+
+def test_index_builds_the_exact_table_and_reruns_skip_work(
+    db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    root = _colour_catalogue(tmp_path)
+    first = _run(db_session, pixel_encoder, root)
+    assert (first.products.added, first.embedded, first.failed) == (12, 12, 0)
+    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
+    assert len(_table(db_session)) == 12 * K
+
+    again = _run(db_session, pixel_encoder, root)
+    assert (again.embedded, again.skipped, again.lists_written) == (0, 12, 0)
+
+    # A changed photo is embedded again; only lists that change are rewritten.
+    Image.new("RGB", (32, 24), (250, 250, 250)).save(root / "images" / "p03.png")
+    changed = _run(db_session, pixel_encoder, root)
+    assert (changed.products.changed, changed.embedded) == (1, 1)
+    assert 0 < changed.lists_written < 12
+    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
+
+
+def test_bad_images_are_recorded_and_the_rest_indexed(
+    db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    root = _colour_catalogue(tmp_path, count=6)
+    for name, (path, _phrase) in bad_files(tmp_path).items():
+        path.rename(root / "images" / name)
+    encoder = PixelEncoder(max_pixels=20_000_000)
+    job = create_job(db_session, "index")
+    summary = _run(db_session, encoder, root, job)
+    assert (summary.embedded, summary.failed) == (6, 4)
+    assert job.state == "succeeded" and job.done == 10
+    errors = {error.product_id: error.message for error in job_errors(db_session, job.id)}
+    assert set(errors) == {"text", "empty", "truncated", "huge"}
+    assert "truncated" in errors["truncated"] and "over the limit" in errors["huge"]
+    assert {row[0] for row in _table(db_session)} == {f"p{i:02d}" for i in range(6)}
+    with pytest.raises(NotIndexed, match="no vector"):
+        similar_products(db_session, "text")
+
+
+def test_changing_the_model_re_embeds_without_mixing(
+    db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    root = _colour_catalogue(tmp_path, count=8)
+    _run(db_session, pixel_encoder, root)
+    other = PixelEncoder(max_pixels=50_000_000, side=8)
+    summary = _run(db_session, other, root)
+    assert summary.embedded == 8 and summary.lists_written == 8
+    models = db_session.scalars(select(Neighbour.model_id).distinct()).all()
+    assert models == [other.model_id]
+    count = db_session.scalar(select(func.count()).select_from(Embedding))
+    assert count == 16  # both models' vectors are kept, each under its own id
+    assert _table(db_session) == _expected(db_session, other.model_id)
+
+
+def test_incremental_add_and_delete_equal_a_full_rebuild(
+    db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    root = _colour_catalogue(tmp_path, count=14)
+    items = read_catalogue(root).items
+    first, later = items[::2], items[1::2]
+    sync_products(db_session, first)
+    for _ in embed_pending(
+        db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
+    ):
+        pass
+    refresh_neighbours(db_session, pixel_encoder.model_id, K, 4)
+
+    sync_products(db_session, later)
+    new = pending_products(db_session, pixel_encoder.model_id)
+    for _ in embed_pending(db_session, pixel_encoder, new, 4, 2):
+        pass
+    written = add_to_neighbours(db_session, pixel_encoder.model_id, [pid for pid, _ in new], K, 4)
+    assert written >= len(later)
+    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
+
+    victim = _table(db_session)[0][2]
+    delete_products(db_session, [victim], pixel_encoder.model_id, K, 4)
+    table = _table(db_session)
+    assert victim not in {row[0] for row in table} | {row[2] for row in table}
+    assert table == _expected(db_session, pixel_encoder.model_id)
+    with pytest.raises(ProductNotFound):
+        similar_products(db_session, victim)

@@ -1,0 +1,64 @@
+"""Exact top-k: equal to scikit-learn's brute force, deterministic on ties, exact when updated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from core.encoder import l2_normalise
+from core.neighbours import NO_NEIGHBOUR, add_to_lists, top_k
+
+
+def _random(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return l2_normalise(np.random.default_rng(seed).normal(size=(n, d)))
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "k", "block"),
+    [(500, 32, 10, 64), (1200, 128, 10, 500), (300, 16, 5, 1000), (97, 8, 10, 7)],
+)
+def test_equals_sklearn_brute_force(n: int, d: int, k: int, block: int) -> None:
+    vectors = _random(n, d, seed=n)
+    ours = top_k(vectors, k, block_size=block)
+
+    brute = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(vectors)
+    distances, indices = brute.kneighbors(vectors)
+    for query in range(n):
+        keep = indices[query] != query
+        expected = indices[query][keep][:k]
+        np.testing.assert_array_equal(ours.positions[query], expected)
+        np.testing.assert_allclose(ours.scores[query], 1 - distances[query][keep][:k], atol=1e-5)
+
+
+def test_ties_break_by_position_whatever_the_block_size() -> None:
+    vectors = np.repeat(_random(5, 8, seed=3), 6, axis=0)  # six copies of five vectors
+    results = [top_k(vectors, 10, block_size=b) for b in (3, 7, 11, 1000)]
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0].positions, other.positions)
+        np.testing.assert_array_equal(results[0].scores, other.scores)
+    # Product 0's exact copies are 1..5; then the ties of the next-best group, lowest first.
+    assert results[0].positions[0, :5].tolist() == [1, 2, 3, 4, 5]
+    tail = results[0].positions[0, 5:]
+    assert tail.tolist() == sorted(tail.tolist())
+
+
+def test_short_catalogue_gives_short_lists_and_never_itself() -> None:
+    lists = top_k(_random(4, 8), 10)
+    assert (lists.lengths() == 3).all()
+    assert (lists.positions[:, 3:] == NO_NEIGHBOUR).all()
+    for query in range(4):
+        assert query not in lists.positions[query]
+
+
+def test_adding_products_equals_a_full_rebuild() -> None:
+    vectors = _random(900, 64, seed=9)
+    full = top_k(vectors, 10, block_size=128)
+    new = np.arange(3, 900, 7)
+    old = np.setdiff1d(np.arange(900), new)
+    before = top_k(vectors, 10, block_size=100, queries=old, candidates=old)
+    old_after, new_lists = add_to_lists(vectors, before, old, new, 10, block_size=256)
+    np.testing.assert_array_equal(old_after.positions, full.positions[old])
+    np.testing.assert_array_equal(old_after.scores, full.scores[old])
+    np.testing.assert_array_equal(new_lists.positions, full.positions[new])
+    np.testing.assert_array_equal(new_lists.scores, full.scores[new])
