@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -75,7 +76,7 @@ def index(settings: Settings, path: Path) -> None:
             workers=settings.decode_workers,
             job=job,
         )
-        bar: tqdm[None] | None = None
+        bar: tqdm[Any] | None = None
         try:
             for step in steps:
                 session.commit()
@@ -85,7 +86,7 @@ def index(settings: Settings, path: Path) -> None:
                     bar = tqdm(total=job.total, unit="img", desc="embedding", file=sys.stderr)
                 elif step.stage == "embedding" and bar is not None:
                     bar.update(step.step)
-                    bar.set_postfix(failed=step.failed)
+                    bar.set_postfix(failed=step.failed, refresh=False)
         except BaseException as exc:
             session.rollback()
             finish_job(job, error=f"interrupted: {type(exc).__name__}: {exc}")
@@ -172,3 +173,7 @@ def db_upgrade(settings: Settings, revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
     upgrade(settings.database_url, revision)
     click.echo(f"database at {revision}")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,7 @@ class ImageEncoder(Protocol):
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _h5_has_layer(path: Path, name: str) -> bool:
         found = found or key.split("/")[-1] == name or f"/{name}/" in f"/{key}/"
 
     with h5py.File(path, "r") as handle:
-        handle.visit(visit)  # type: ignore[arg-type]
+        handle.visit(visit)
     return found
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from core.catalogue import CatalogueItem, content_hash
@@ -79,8 +79,8 @@ def sync_products(session: Session, items: Sequence[CatalogueItem]) -> ProductSy
             product.meta = item.meta
             product.image_path = str(item.path)
             product.content_hash = digest
-    for chunk in _chunks(stale):
-        session.execute(delete(Embedding).where(Embedding.product_id.in_(chunk)))
+    for stale_ids in _chunks(stale):
+        session.execute(delete(Embedding).where(Embedding.product_id.in_(stale_ids)))
     session.flush()
     return result
 
@@ -111,8 +111,7 @@ def store_batch(session: Session, model_id: str, batch: EmbeddedBatch, job_id: s
         hashes = dict(
             session.execute(
                 select(Product.id, Product.content_hash).where(Product.id.in_(batch.product_ids))
-            )
-            .all()
+            ).all()
         )
         upsert(
             session,
@@ -221,8 +220,8 @@ def write_lists(
         for rank, (pos, score) in enumerate(zip(positions, scores, strict=True))
         if pos != NO_NEIGHBOUR
     ]
-    for chunk in _chunks(rows, 5000):
-        session.execute(Neighbour.__table__.insert(), list(chunk))
+    for rows_chunk in _chunks(rows, 5000):
+        session.execute(insert(Neighbour), list(rows_chunk))
 
 
 def refresh_neighbours(session: Session, model_id: str, k: int, block_size: int) -> int:
@@ -393,7 +392,8 @@ def index_catalogue(
     yield IndexProgress("products", len(items), len(items))
 
     done = failed = 0
-    for batch in embed_pending(session, encoder, pending, batch_size, workers, job and job.id):
+    job_id = job.id if job is not None else None
+    for batch in embed_pending(session, encoder, pending, batch_size, workers, job_id):
         done += batch.size
         failed += len(batch.failures)
         if job is not None:

@@ -27,7 +27,7 @@ class Neighbours:
     scores: np.ndarray  # (m, k) float32, -inf where absent
 
     def lengths(self) -> np.ndarray:
-        return (self.positions != NO_NEIGHBOUR).sum(axis=1)
+        return np.asarray((self.positions != NO_NEIGHBOUR).sum(axis=1))
 
 
 def empty_lists(count: int, k: int) -> Neighbours:

@@ -24,8 +24,8 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 # Photos picked by eye from fashion-dev: two white T-shirts worn by a model, two white-and-blue
-# Nike running shoes, a watch, a black T-shirt, and a few more of each kind.
-TSHIRTS = ["2049", "2040", "2288", "1855", "10062"]
+# Nike running shoes, a watch, a black T-shirt, and a few more T-shirts and shoes.
+TSHIRTS = ["2049", "2040", "2288", "1855", "10062", "2243", "1852"]
 SHOES = ["3168", "3159", "3161", "1636"]
 OTHERS = ["10098"]
 SAMPLE_IDS = TSHIRTS + SHOES + OTHERS

