@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from core.catalogue import read_catalogue
+from core.catalogue import Catalogue, read_catalogue
 from core.db import make_engine, make_sessionmaker, upgrade
 from core.errors import LookalikeError
 from core.indexing import IndexSummary, index_catalogue, similar_products
@@ -60,6 +63,9 @@ def index(settings: Settings, path: Path) -> None:
     click.echo(f"{len(catalogue.items)} photos in {catalogue.root} ({catalogue.layout} layout)")
 
     upgrade(settings.database_url)
+    if settings.broker_url:
+        _index_on_workers(settings, catalogue)
+        return
     encoder = load_encoder(settings)
     click.echo(f"model {encoder.model_id}")
     sessions = make_sessionmaker(make_engine(settings.database_url))
@@ -95,6 +101,52 @@ def index(settings: Settings, path: Path) -> None:
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _index_on_workers(settings: Settings, catalogue: Catalogue) -> None:
+    """Register the products here, then let the workers embed them chunk by chunk while a
+    progress bar follows the job in the jobs table."""
+    from core.indexing import sync_products
+    from core.services import plan_chunks
+    from worker.app import create_celery
+
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        job = create_job(session, "index", {"path": str(catalogue.root)})
+        synced = sync_products(session, catalogue.items)
+        chunks = plan_chunks(
+            session, job, [item.product_id for item in catalogue.items], settings.chunk_size
+        )
+        session.commit()
+        click.echo(
+            f"products: {synced.added} new, {synced.changed} changed, {synced.unchanged} "
+            f"unchanged; job {job.id} queued as {chunks} chunks on {settings.broker_url}"
+        )
+        celery = create_celery(settings)
+        for number in range(chunks):
+            celery.send_task("lookalike.index_chunk", args=[job.id, number])
+        _follow(session, job.id)
+
+
+def _follow(session: Session, job_id: str, poll: float = 0.5) -> None:
+    """Show a job's progress from the jobs table until it ends; exit 1 if it failed."""
+    from core.services import get_job
+
+    with tqdm(unit="img", desc="embedding", file=sys.stderr) as bar:
+        while True:
+            session.expire_all()
+            job = get_job(session, job_id)
+            bar.total = job.total
+            bar.n = job.done
+            bar.set_postfix(state=job.state, refresh=False)
+            bar.refresh()
+            if job.state in ("succeeded", "failed"):
+                break
+            time.sleep(poll)
+        session.commit()
+    if job.state == "failed":
+        raise click.ClickException(f"job {job_id} failed: {job.error}")
+    click.echo(f"job {job_id} succeeded: {json.dumps(job.result)}")
 
 
 def _print_summary(summary: IndexSummary) -> None:
@@ -159,6 +211,68 @@ def errors(settings: Settings, job_id: str | None, limit: int) -> None:
             query = query.where(ImageError.job_id == job_id)
         for error in session.scalars(query):
             click.echo(f"{error.product_id}\t{error.path}\t{error.message}")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def jobs(settings: Settings, limit: int) -> None:
+    """List recent jobs with their state and progress."""
+    from core.jobs import recent_jobs
+
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        click.echo(f"{'job':36}  {'kind':14} {'state':10} {'progress':>13}  created")
+        for job in recent_jobs(session, limit):
+            progress = f"{job.done}/{job.total}"
+            created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            click.echo(f"{job.id:36}  {job.kind:14} {job.state:10} {progress:>13}  {created}")
+            if job.error:
+                click.echo(f"  error: {job.error}")
+
+
+@main.command()
+@click.option("--concurrency", "-c", default=1, show_default=True, help="Worker processes.")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_obj
+def worker(settings: Settings, concurrency: int, loglevel: str) -> None:
+    """Start a Celery worker (each process loads the model once, at start)."""
+    from worker.app import create_celery
+
+    upgrade(settings.database_url)
+    app = create_celery(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            f"--queues={settings.queue}",
+        ]
+    )
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option("--workers", "-w", default=2, show_default=True, help="gunicorn processes.")
+@click.pass_obj
+def serve(settings: Settings, bind: str, workers: int) -> None:
+    """Serve the web app and API under gunicorn."""
+    upgrade(settings.database_url)
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(workers),
+            "--bind",
+            bind,
+            "--access-logfile",
+            "-",
+            "web:create_app()",
+        ],
+    )
 
 
 @main.group()

@@ -56,3 +56,22 @@ class ModelMismatch(LookalikeError):
 
     status = 409
     code = "model_mismatch"
+
+
+class InvalidRequest(LookalikeError):
+    """A request whose form or parameters cannot be understood."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(LookalikeError):
+    status = 401
+    code = "unauthorized"
+
+
+class QueueUnavailable(LookalikeError):
+    """The job was recorded but could not be handed to the workers."""
+
+    status = 503
+    code = "queue_unavailable"

@@ -262,32 +262,74 @@ def refresh_neighbours(session: Session, model_id: str, k: int, block_size: int)
     return len(changed_ids) + len(orphans)
 
 
-def add_to_neighbours(
-    session: Session, model_id: str, new_ids: Sequence[str], k: int, block_size: int
-) -> int:
-    """Give ``new_ids`` their lists and update every existing list they enter.
+def lists_mentioning(session: Session, product_ids: Iterable[str]) -> set[str]:
+    """Products whose stored list holds any of ``product_ids``."""
+    found: set[str] = set()
+    for chunk in _chunks(sorted(set(product_ids))):
+        found.update(
+            session.scalars(select(Neighbour.product_id).where(Neighbour.neighbour_id.in_(chunk)))
+        )
+    return found
 
-    The table afterwards equals :func:`refresh_neighbours`, but only new products are scored
-    against everything; existing products are scored against the new ones alone.
+
+def _listed(session: Session, model_id: str) -> set[str]:
+    return set(
+        session.scalars(
+            select(Neighbour.product_id).where(Neighbour.model_id == model_id).distinct()
+        )
+    )
+
+
+def update_neighbours(
+    session: Session,
+    model_id: str,
+    k: int,
+    block_size: int,
+    stale_ids: Iterable[str] = (),
+    repair_ids: Iterable[str] = (),
+) -> int:
+    """Bring the table up to date after products were added, replaced or deleted.
+
+    Never a full rebuild: products without a list (new ones) and ``stale_ids`` (whose vector
+    changed) are scored against everything; lists that held a stale product, and
+    ``repair_ids`` (lists that held a product since deleted), are recomputed; every other list
+    is only scored against the new vectors and updated if they enter it. The table afterwards
+    equals :func:`refresh_neighbours`. Safe to run twice.
 
     Returns:
         The number of lists written.
     """
+    stale = set(stale_ids)
+    repair = (lists_mentioning(session, stale) | set(repair_ids)) - stale
     vectors = load_vectors(session, model_id)
-    new_set = set(new_ids) & set(vectors.ids)
-    new = vectors.positions(sorted(new_set))
-    old_ids = [pid for pid in vectors.ids if pid not in new_set]
+    present = set(vectors.ids)
+    listed = _listed(session, model_id)
+
+    # Lists of products that no longer have a vector, or whose vector changed, go first.
+    gone = sorted((listed - present) | (stale & listed))
+    for chunk in _chunks(gone):
+        session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
+
+    new_ids = sorted((present - listed) | (stale & present))
+    recompute = sorted(set(new_ids) | (repair & present))
+    old_ids = [pid for pid in vectors.ids if pid in listed and pid not in set(recompute)]
+    new = vectors.positions(new_ids)
     old = vectors.positions(old_ids)
     current = load_lists(session, vectors, old_ids, model_id, k)
-    updated, new_lists = add_to_lists(vectors.vectors, current, old, new, k, block_size)
+    updated, _ = add_to_lists(vectors.vectors, current, old, new, k, block_size, new_lists=False)
     rows = changed_rows(current, updated)
-    changed_ids = [old_ids[row] for row in rows] + [vectors.ids[pos] for pos in new]
-    lists = Neighbours(
-        np.concatenate([updated.positions[rows], new_lists.positions]),
-        np.concatenate([updated.scores[rows], new_lists.scores]),
+    fresh = top_k(vectors.vectors, k, block_size, queries=vectors.positions(recompute))
+    write_lists(
+        session,
+        vectors,
+        [old_ids[row] for row in rows] + recompute,
+        Neighbours(
+            np.concatenate([updated.positions[rows], fresh.positions]),
+            np.concatenate([updated.scores[rows], fresh.scores]),
+        ),
+        model_id,
     )
-    write_lists(session, vectors, changed_ids, lists, model_id)
-    return len(changed_ids)
+    return len(rows) + len(recompute)
 
 
 def delete_products(
@@ -298,19 +340,12 @@ def delete_products(
     Returns:
         The number of lists rewritten.
     """
-    affected: set[str] = set()
+    affected = lists_mentioning(session, product_ids)
     for chunk in _chunks(list(product_ids)):
-        affected.update(
-            session.scalars(select(Neighbour.product_id).where(Neighbour.neighbour_id.in_(chunk)))
-        )
         # Cascades remove their vectors, their lists and their places in other lists.
         session.execute(delete(Product).where(Product.id.in_(chunk)))
     session.flush()
-    vectors = load_vectors(session, model_id)
-    repair = sorted(affected & set(vectors.ids))
-    lists = top_k(vectors.vectors, k, block_size, queries=vectors.positions(repair))
-    write_lists(session, vectors, repair, lists, model_id)
-    return len(repair)
+    return update_neighbours(session, model_id, k, block_size, repair_ids=affected)
 
 
 @dataclass

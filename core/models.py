@@ -112,6 +112,20 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
 
 
+class JobChunk(Base):
+    """One slice of an index job's products, run as one task; its progress is set, never
+    incremented, so a chunk that runs twice counts once."""
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    chunk_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_ids: Mapped[list[str]] = mapped_column(JSON)
+    total: Mapped[int] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+
+
 class ImageError(Base):
     """A photo that could not be used, and why. The rest of its job went on."""
 

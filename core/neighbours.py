@@ -97,14 +97,35 @@ def top_k(
     n = len(vectors)
     query_pos = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     cand_pos = np.arange(n) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    return _search(vectors, query_pos, vectors, cand_pos, k, block_size)
+
+
+def search(vectors: np.ndarray, queries: np.ndarray, k: int, block_size: int = 2048) -> Neighbours:
+    """Exact top-k among ``vectors`` for outside ``queries`` (photos not in the catalogue)."""
+    outside = np.full(len(queries), -1, dtype=np.int64)
+    return _search(queries, outside, vectors, np.arange(len(vectors)), k, block_size)
+
+
+def _search(
+    query_vectors: np.ndarray,
+    query_pos: np.ndarray,
+    vectors: np.ndarray,
+    cand_pos: np.ndarray,
+    k: int,
+    block_size: int,
+) -> Neighbours:
+    """Top-k of ``query_vectors`` (whose own positions are ``query_pos``, -1 for none) among
+    ``vectors[cand_pos]``."""
     result = empty_lists(len(query_pos), k)
     if len(query_pos) == 0 or len(cand_pos) == 0:
         return result
     # Candidate order must be ascending for the position tie-break inside a block.
     cand_pos = np.sort(cand_pos)
+    external = query_vectors is not vectors
     for q0 in range(0, len(query_pos), block_size):
         q_block = query_pos[q0 : q0 + block_size]
-        q_vecs = vectors[q_block].astype(np.float64)
+        rows = np.arange(q0, q0 + len(q_block)) if external else q_block
+        q_vecs = query_vectors[rows].astype(np.float64)
         running = empty_lists(len(q_block), k)
         for c0 in range(0, len(cand_pos), block_size):
             c_block = cand_pos[c0 : c0 + block_size]
@@ -123,22 +144,31 @@ def add_to_lists(
     new: np.ndarray,
     k: int,
     block_size: int = 2048,
-) -> tuple[Neighbours, Neighbours]:
+    new_lists: bool = True,
+) -> tuple[Neighbours, Neighbours | None]:
     """Neighbour lists after adding ``new`` products to a catalogue whose lists are ``current``.
 
     Args:
         vectors: all vectors, old and new, ordered by product id.
-        current: the lists of the ``old`` positions, in that order, in the same positions.
+        current: the lists of the ``old`` positions, in that order.
         old: positions of products that already had lists.
         new: positions of the products being added.
+        new_lists: also compute the lists of ``new`` (else None is returned for them).
 
     Returns:
         (lists of ``old`` after the addition, lists of ``new``). The result equals
         :func:`top_k` over everything.
     """
-    new_lists = top_k(vectors, k, block_size, queries=new)
+    # An old list cannot already hold a new product; drop any such entry so it is not doubled.
+    held = np.isin(current.positions, new)
+    if held.any():
+        current = Neighbours(
+            np.where(held, NO_NEIGHBOUR, current.positions),
+            np.where(held, np.float32(-np.inf), current.scores),
+        )
     entering = top_k(vectors, k, block_size, queries=old, candidates=new)
-    return merge(current, entering, k), new_lists
+    added = top_k(vectors, k, block_size, queries=new) if new_lists else None
+    return merge(current, entering, k), added
 
 
 def changed_rows(before: Neighbours, after: Neighbours) -> np.ndarray:

@@ -43,10 +43,23 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest image file.")
     chunk_size: int = Field(default=256, ge=1, description="Images per indexing chunk (task).")
     broker_url: str | None = Field(
-        default=None, description="Celery broker; unset means everything runs in-process."
+        default=None,
+        description="Celery broker. Unset: the CLI runs jobs in-process, and the web app and "
+        "workers use redis://127.0.0.1:6379/0.",
+    )
+    queue: str = Field(default="lookalike", description="Celery queue name.")
+    task_time_limit: int = Field(default=1800, ge=10, description="Hard limit of one task, s.")
+    visibility_timeout: int = Field(
+        default=3600,
+        ge=1,
+        description="Seconds before Redis hands an unacknowledged task (its worker was lost) "
+        "to another worker.",
     )
     media_dir: Path = Field(default=Path("media"), description="Where uploaded photos are kept.")
     api_token: str | None = Field(default=None, description="Bearer token for write endpoints.")
+    max_request_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="Largest request body (413 beyond)."
+    )
 
 
 def get_settings(**overrides: Any) -> Settings:

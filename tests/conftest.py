@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -137,3 +143,109 @@ def pixel_encoder() -> PixelEncoder:
 def vgg_encoder() -> VGG16Encoder:
     """The real VGG16 encoder with the bundled offline weights, loaded once."""
     return load_encoder(get_settings(weights="bundled", layer="auto"))
+
+
+# --- the service: real Redis, real worker processes, PostgreSQL -----------------------------
+
+REDIS_URL = os.environ.get("LOOKALIKE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+class Workers:
+    """``lookalike worker`` processes started for a test, each in its own process group."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, count: int = 1, **extra_env: str) -> list[subprocess.Popen[bytes]]:
+        started = []
+        for _ in range(count):
+            log = self.logs / f"worker-{len(self.processes)}.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "core.cli", "worker", "--concurrency", "1"],
+                env={**self.env, **extra_env},
+                cwd=ROOT,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            process.log = log  # type: ignore[attr-defined]
+            self.processes.append(process)
+            started.append(process)
+        for process in started:
+            self.wait_ready(process)
+        return started
+
+    def wait_ready(self, process: subprocess.Popen[bytes], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        log: Path = process.log  # type: ignore[attr-defined]
+        while time.monotonic() < deadline:
+            text_ = log.read_text(errors="replace")
+            if "worker process ready with model" in text_ and "ready." in text_:
+                return
+            if process.poll() is not None:
+                pytest.fail(f"worker exited early:\n{text_[-3000:]}")
+            time.sleep(0.2)
+        pytest.fail(f"worker not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+    @staticmethod
+    def kill(process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the worker and its pool children: no chance to ack or requeue anything."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def service_env(fresh_pg_url: str, tmp_path: Path) -> dict[str, str]:
+    """Settings shared by the web app, the workers and the CLI of one test: its own database,
+    its own queue, its own media folder."""
+    upgrade(fresh_pg_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        LOOKALIKE_DATABASE_URL=fresh_pg_url,
+        LOOKALIKE_BROKER_URL=REDIS_URL,
+        LOOKALIKE_QUEUE=f"lookalike-test-{uuid.uuid4().hex[:8]}",
+        LOOKALIKE_MEDIA_DIR=str(tmp_path / "media"),
+        LOOKALIKE_WEIGHTS="bundled",
+        LOOKALIKE_BATCH_SIZE="4",
+    )
+    return env
+
+
+@pytest.fixture
+def workers(service_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(service_env, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def app(service_env: dict[str, str]) -> Iterator[Flask]:
+    from web import create_app
+
+    config = {
+        key.removeprefix("LOOKALIKE_").lower(): value
+        for key, value in service_env.items()
+        if key.startswith("LOOKALIKE_")
+    }
+    application = create_app(config)
+    yield application
+    application.extensions["lookalike.engine"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

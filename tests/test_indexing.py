@@ -15,7 +15,6 @@ from core.encoder import PixelEncoder
 from core.errors import NotIndexed, ProductNotFound
 from core.indexing import (
     IndexSummary,
-    add_to_neighbours,
     delete_products,
     embed_pending,
     index_catalogue,
@@ -24,6 +23,7 @@ from core.indexing import (
     refresh_neighbours,
     similar_products,
     sync_products,
+    update_neighbours,
 )
 from core.jobs import create_job, job_errors
 from core.models import Embedding, Job, Neighbour
@@ -152,8 +152,21 @@ def test_incremental_add_and_delete_equal_a_full_rebuild(
     new = pending_products(db_session, pixel_encoder.model_id)
     for _ in embed_pending(db_session, pixel_encoder, new, 4, 2):
         pass
-    written = add_to_neighbours(db_session, pixel_encoder.model_id, [pid for pid, _ in new], K, 4)
+    written = update_neighbours(db_session, pixel_encoder.model_id, K, 4)
     assert written >= len(later)
+    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
+    assert update_neighbours(db_session, pixel_encoder.model_id, K, 4) == 0  # idempotent
+
+    # A product whose photo is replaced: its vector changes, so lists that held it are redone.
+    replaced = _table(db_session)[0][2]
+    path = next(item.path for item in items if item.product_id == replaced)
+    Image.new("RGB", (32, 24), (5, 250, 5)).save(path)
+    sync_products(db_session, [item for item in items if item.product_id == replaced])
+    for _ in embed_pending(
+        db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
+    ):
+        pass
+    update_neighbours(db_session, pixel_encoder.model_id, K, 4, stale_ids=[replaced])
     assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
 
     victim = _table(db_session)[0][2]

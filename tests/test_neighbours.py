@@ -7,7 +7,7 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from core.encoder import l2_normalise
-from core.neighbours import NO_NEIGHBOUR, add_to_lists, top_k
+from core.neighbours import NO_NEIGHBOUR, add_to_lists, search, top_k
 
 
 def _random(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -60,5 +60,15 @@ def test_adding_products_equals_a_full_rebuild() -> None:
     old_after, new_lists = add_to_lists(vectors, before, old, new, 10, block_size=256)
     np.testing.assert_array_equal(old_after.positions, full.positions[old])
     np.testing.assert_array_equal(old_after.scores, full.scores[old])
+    assert new_lists is not None
     np.testing.assert_array_equal(new_lists.positions, full.positions[new])
     np.testing.assert_array_equal(new_lists.scores, full.scores[new])
+
+
+def test_search_with_outside_queries_equals_brute_force() -> None:
+    vectors, queries = _random(400, 16, seed=4), _random(7, 16, seed=5)
+    found = search(vectors, queries, 10, block_size=64)
+    expected = np.argsort(-(queries.astype(np.float64) @ vectors.T.astype(np.float64)), axis=1)
+    np.testing.assert_array_equal(found.positions, expected[:, :10])
+    # A query that is a catalogue vector finds itself first: it is not excluded.
+    assert search(vectors, vectors[3:4], 1).positions[0, 0] == 3

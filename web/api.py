@@ -1,0 +1,244 @@
+"""JSON API: views parse the request, call ``core``, and serialise the result."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request, send_file, url_for
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from core.errors import InvalidRequest, ProductNotFound, QueueUnavailable, Unauthorized
+from core.indexing import similar_products
+from core.jobs import create_job, finish_job, job_errors
+from core.models import Job, Product
+from core.services import get_job
+from core.settings import Settings
+from core.uploads import Upload, accept_uploads, check_upload, store_image
+
+bp = Blueprint("api", __name__)
+
+
+def settings() -> Settings:
+    return current_app.config["LOOKALIKE"]  # type: ignore[no-any-return]
+
+
+def db() -> Session:
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["lookalike.sessions"]()
+    return g.db_session  # type: ignore[no-any-return]
+
+
+@bp.before_request
+def require_token() -> None:
+    token = settings().api_token
+    if token and request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
+
+
+def enqueue(job: Job, task: str) -> None:
+    """Hand a committed job to the workers; a job the broker did not take is marked failed."""
+    try:
+        current_app.extensions["celery"].send_task(task, args=[job.id])
+    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
+        finish_job(job, error=f"could not enqueue: {exc}")
+        db().commit()
+        raise QueueUnavailable(f"job {job.id} could not be queued: {exc}") from exc
+
+
+def accepted(job: Job, **extra: Any) -> Any:
+    body = {"job_id": job.id, "status_url": url_for("api.job_status", job_id=job.id), **extra}
+    return jsonify(body), 202, {"Location": body["status_url"]}
+
+
+def product_json(product: Product) -> dict[str, Any]:
+    return {
+        "id": product.id,
+        **(product.meta or {}),
+        "image_url": url_for("api.product_image", product_id=product.id),
+    }
+
+
+def _form_list(name: str, count: int) -> list[str | None]:
+    values = request.form.getlist(name)
+    if not values:
+        return [None] * count
+    if len(values) != count:
+        raise InvalidRequest(f"{len(values)} '{name}' fields for {count} images: give one each")
+    return [value or None for value in values]
+
+
+def _metadata(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"metadata is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise InvalidRequest("metadata must be a JSON object")
+    return meta
+
+
+@bp.post("/api/products")
+def add_products() -> Any:
+    files = request.files.getlist("images")
+    if not files:
+        raise InvalidRequest("no files: send them as multipart field 'images'")
+    ids = _form_list("id", len(files))
+    metas = [_metadata(raw) for raw in _form_list("metadata", len(files))]
+    uploads = [
+        Upload(file.filename or f"image-{n}", file.read(), pid, meta)
+        for n, (file, pid, meta) in enumerate(zip(files, ids, metas, strict=True))
+    ]
+    s = settings()
+    session = db()
+    result = accept_uploads(session, uploads, s.media_dir, s.max_image_bytes, s.max_image_pixels)
+    job = create_job(
+        session, "add_products", {"product_ids": result.product_ids, "replaced": result.replaced}
+    )
+    job.total = len(result.product_ids)
+    session.commit()
+    enqueue(job, "lookalike.add_products")
+    return accepted(
+        job,
+        product_ids=result.product_ids,
+        rejected=[r.as_dict() for r in result.rejected],
+    )
+
+
+@bp.post("/api/search")
+def search() -> Any:
+    file = request.files.get("image")
+    if file is None:
+        raise InvalidRequest("no file: send it as multipart field 'image'")
+    s = settings()
+    data = file.read()
+    fmt = check_upload(data, s.max_image_bytes, s.max_image_pixels)
+    image = store_image(s.media_dir, data, fmt)
+    session = db()
+    job = create_job(
+        session, "search", {"image_path": str(image.path), "filename": file.filename}, total=1
+    )
+    session.commit()
+    enqueue(job, "lookalike.search")
+    return accepted(job)
+
+
+@bp.get("/api/jobs/<job_id>")
+def job_status(job_id: str) -> Any:
+    session = db()
+    job = get_job(session, job_id)
+    body: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state if job.state != "finalising" else "running",
+        "progress": {"done": job.done, "total": job.total},
+        "errors": [
+            {"product_id": e.product_id or None, "file": e.path, "message": e.message}
+            for e in job_errors(session, job_id)
+        ],
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    if job.result is not None:
+        body["result"] = job.result
+    return jsonify(body)
+
+
+@bp.get("/api/products/<product_id>/similar")
+def similar(product_id: str) -> Any:
+    product, neighbours = similar_products(db(), product_id)
+    return jsonify(
+        {
+            "product": product_json(product),
+            "neighbours": [
+                {"rank": n.rank, "score": round(n.score, 6), **product_json(n.product)}
+                for n in neighbours
+            ],
+        }
+    )
+
+
+def _positive_int(name: str, default: int, most: int) -> int:
+    raw = request.args.get(name, str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise InvalidRequest(f"{name} must be a whole number from 1 to {most}")
+    return int(raw)
+
+
+@bp.get("/api/products")
+def list_products() -> Any:
+    page = _positive_int("page", 1, 10**9)
+    per_page = _positive_int("per_page", 50, 500)
+    query = select(Product)
+    for field, value in request.args.items():
+        if field not in ("page", "per_page"):
+            query = query.where(Product.meta[field].as_string() == value)
+    session = db()
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    items = session.scalars(
+        query.order_by(Product.id).offset((page - 1) * per_page).limit(per_page)
+    )
+    return jsonify(
+        {
+            "items": [product_json(p) for p in items],
+            "page": page,
+            "per_page": per_page,
+            "total": total,
+        }
+    )
+
+
+def _product(product_id: str) -> Product:
+    product = db().get(Product, product_id)
+    if product is None:
+        raise ProductNotFound(product_id)
+    return product
+
+
+@bp.get("/api/products/<product_id>")
+def get_product(product_id: str) -> Any:
+    return jsonify(product_json(_product(product_id)))
+
+
+@bp.delete("/api/products/<product_id>")
+def delete_product(product_id: str) -> Any:
+    _product(product_id)
+    session = db()
+    job = create_job(session, "delete_products", {"product_ids": [product_id]}, total=1)
+    session.commit()
+    enqueue(job, "lookalike.delete_products")
+    return accepted(job)
+
+
+@bp.get("/images/<product_id>")
+def product_image(product_id: str) -> Any:
+    product = _product(product_id)
+    return send_file(product.image_path, max_age=3600)
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    checks: dict[str, str] = {}
+    try:
+        db().execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means unhealthy; say which
+        checks["database"] = f"error: {exc}"
+    try:
+        with current_app.extensions["celery"].connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"error: {exc}"
+    healthy = all(value == "ok" for value in checks.values())
+    return jsonify({"status": "ok" if healthy else "unavailable", **checks}), (
+        200 if healthy else 503
+    )
