@@ -80,6 +80,14 @@ def test_index_similar_and_errors_on_the_embedded_default(
         "truncated",
         "huge",
     }
+    jobs = _lookalike(workdir, "jobs")
+    assert jobs.returncode == 0
+    assert (
+        "index" in jobs.stdout
+        and "succeeded" in jobs.stdout
+        and f"{len(SAMPLE_IDS) + 4}/{len(SAMPLE_IDS) + 4}" in jobs.stdout
+    )
+
     missing = _lookalike(workdir, "similar", "no-such-id")
     assert missing.returncode == 1
     assert "no product with id 'no-such-id'" in missing.stderr

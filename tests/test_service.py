@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from core.db import make_engine, make_sessionmaker
 from core.indexing import load_vectors
@@ -159,12 +159,53 @@ def test_two_add_jobs_at_once_lose_nothing(
             client.application.test_client(), photos(fashion_dev, batches[index])
         )
 
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    jobs = [wait_job(client, r.get_json()["job_id"]) for r in responses]
+    # A storefront reading all the while must never see a half-written list.
+    snapshots: list[list[tuple[str, int, int, int]]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        engine = make_engine(url)
+        query = select(
+            Neighbour.product_id, func.count(), func.min(Neighbour.rank), func.max(Neighbour.rank)
+        ).group_by(Neighbour.product_id)
+        while not stop.is_set():
+            with engine.connect() as connection:
+                snapshots.append([tuple(row) for row in connection.execute(query)])
+            time.sleep(0.01)
+        engine.dispose()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    # Hold the neighbour-table lock, so both jobs reach their table update while it is held:
+    # they must then wait for it one after the other instead of overwriting each other.
+    locker = make_engine(url)
+    with locker.connect() as holding:
+        holding.execute(text("SELECT pg_advisory_xact_lock(hashtext('lookalike.neighbours'))"))
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ids = [r.get_json()["job_id"] for r in responses]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = [client.get(f"/api/jobs/{job_id}").get_json() for job_id in ids]
+            if all(s["progress"]["done"] == s["progress"]["total"] for s in states):
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        states = [client.get(f"/api/jobs/{job_id}").get_json() for job_id in ids]
+        assert [s["state"] for s in states] == ["running", "running"], states
+        holding.rollback()  # releases the lock
+    locker.dispose()
+    jobs = [wait_job(client, job_id) for job_id in ids]
+    stop.set()
+    reader.join()
+    assert len(snapshots) > 10
+    for snapshot in snapshots:
+        lengths = {n for _, n, _, _ in snapshot}
+        assert len(lengths) == 1, snapshot  # every list complete, all of the same length
+        assert all(low == 1 and high == n for _, n, low, high in snapshot), snapshot
     assert [job["state"] for job in jobs] == ["succeeded", "succeeded"]
     # Both jobs really ran side by side, on different workers.
     starts = [job["started_at"] for job in jobs]
@@ -289,6 +330,27 @@ def test_limits_token_listing_and_images(
     assert image.status_code == 200 and image.data == photo[0].read_bytes()
     assert client.get("/api/products/tee-1").get_json()["productDisplayName"] == "White tee"
     app.extensions["lookalike.engine"].dispose()
+
+    # No broker: health says which part is down; a new job is recorded as failed, not lost.
+    down = create_app(
+        {
+            "database_url": service_env["LOOKALIKE_DATABASE_URL"],
+            "broker_url": "redis://127.0.0.1:1/0",
+            "media_dir": tmp_path / "media",
+        }
+    )
+    client = down.test_client()
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.get_json()["database"] == "ok" and health.get_json()["broker"] != "ok"
+    response = client.post(
+        "/api/search",
+        content_type="multipart/form-data",
+        data={"image": (io.BytesIO(photo[0].read_bytes()), "q.jpg")},
+    )
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "queue_unavailable"
+    down.extensions["lookalike.engine"].dispose()
 
 
 def test_a_worker_killed_mid_index_loses_nothing(

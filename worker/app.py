@@ -15,13 +15,23 @@ def broker_url(settings: Settings) -> str:
     return settings.broker_url or DEFAULT_BROKER
 
 
+def _transport_options(visibility_timeout: int) -> dict[str, int]:
+    # kombu sweeps for tasks of lost workers every interval * throttle seconds (100 s by
+    # default); keep the sweep well inside a short visibility timeout.
+    return {
+        "visibility_timeout": visibility_timeout,
+        "unacked_restore_interval": max(1, min(10, visibility_timeout // 4)),
+        "unacked_restore_throttle": 1 if visibility_timeout < 300 else 10,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Delivery guarantees: late acknowledgement, re-queue when a worker is lost, one task
     prefetched at a time, time limits. Job state lives in SQL, so results are not kept."""
     return {
         "broker_url": broker_url(settings),
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": _transport_options(settings.visibility_timeout),
         "task_default_queue": settings.queue,
         "task_ignore_result": True,
         "task_acks_late": True,

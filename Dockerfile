@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY core core
+COPY worker worker
+COPY web web
+COPY migrations migrations
+RUN pip install --no-cache-dir .
+ENV LOOKALIKE_MEDIA_DIR=/data/media
+# The same console command the README documents; docker-compose.yml picks the subcommand.
+ENTRYPOINT []
+CMD ["lookalike", "--help"]

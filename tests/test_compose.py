@@ -1,0 +1,63 @@
+"""docker-compose.yml, checked as far as a machine without Docker can: its services, and that
+every command it runs is a `lookalike` command the CLI accepts and README documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from core.cli import main
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # type: ignore[no-any-return]
+
+
+def test_services_and_volumes() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "web", "worker"}
+    assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    for name in ("web", "worker"):
+        assert "media:/data/media" in services[name]["volumes"]
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+    # Scalable with --scale worker=N: no fixed name, no published port.
+    assert "container_name" not in services["worker"] and "ports" not in services["worker"]
+    assert set(compose["volumes"]) >= {"pgdata", "media"}
+
+
+def test_commands_are_documented_lookalike_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name, service in _compose()["services"].items():
+        if "build" not in service:
+            continue
+        program, *args = service["command"]
+        assert program == "lookalike", name
+        # Click parses the arguments exactly as `lookalike ...` would, without running them.
+        context = main.make_context("lookalike", list(args))
+        command: click.Command = main
+        words, path = list(args), []
+        with context:
+            while isinstance(command, click.Group):
+                sub = command.get_command(context, words[0])
+                assert sub is not None, f"{name}: unknown command {words[0]}"
+                path.append(words[0])
+                command, words = sub, words[1:]
+            command.make_context(command.name, words, parent=context)  # rejects bad options
+        assert f"lookalike {' '.join(path)}" in readme, f"{name}: lookalike {path} not in README"
+
+
+def test_environment_names_are_settings() -> None:
+    fields = {f"LOOKALIKE_{name.upper()}" for name in Settings.model_fields}
+    for name, service in _compose()["services"].items():
+        for key in service.get("environment", {}):
+            if key.startswith("LOOKALIKE_"):
+                assert key in fields, f"{name}: {key} is not a setting"
