@@ -47,22 +47,32 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--stored", is_flag=True, help="Index the products already in the database.")
 @click.pass_obj
-def index(settings: Settings, path: Path) -> None:
-    """Index the catalogue in PATH (Kaggle layout or a folder of images).
+def index(settings: Settings, path: Path | None, stored: bool) -> None:
+    """Index the catalogue in PATH (Kaggle layout or a folder of images), or with --stored
+    the products already registered (after changing the model, say).
 
     Runs again safely: products already embedded with the current model are skipped and only
     neighbour lists that change are rewritten.
     """
     from core.encoder import load_encoder
 
-    catalogue = read_catalogue(path)
+    if (path is None) == (not stored):
+        raise click.UsageError("give either PATH or --stored")
+    upgrade(settings.database_url)
+    if stored:
+        catalogue = _stored_catalogue(settings)
+    else:
+        assert path is not None
+        catalogue = read_catalogue(path)
     for problem in catalogue.problems():
         click.echo(f"note: {problem}", err=True)
     click.echo(f"{len(catalogue.items)} photos in {catalogue.root} ({catalogue.layout} layout)")
 
-    upgrade(settings.database_url)
     if settings.broker_url:
         _index_on_workers(settings, catalogue)
         return
@@ -101,6 +111,16 @@ def index(settings: Settings, path: Path) -> None:
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _stored_catalogue(settings: Settings) -> Catalogue:
+    from core.indexing import stored_items
+
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        return Catalogue(
+            root=Path(settings.database_url), layout="stored", items=stored_items(session)
+        )
 
 
 def _index_on_workers(settings: Settings, catalogue: Catalogue) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -53,8 +54,15 @@ def sync_products(session: Session, items: Sequence[CatalogueItem]) -> ProductSy
             )
         }
         for item in chunk:
-            digest = content_hash(item.path)
             product = known.get(item.product_id)
+            try:
+                digest = content_hash(item.path)
+            except OSError:
+                if product is None:
+                    raise
+                # A stored photo that vanished: embedding it reports the error against it.
+                result.unchanged += 1
+                continue
             if product is None:
                 result.added += 1
                 session.add(
@@ -83,6 +91,14 @@ def sync_products(session: Session, items: Sequence[CatalogueItem]) -> ProductSy
         session.execute(delete(Embedding).where(Embedding.product_id.in_(stale_ids)))
     session.flush()
     return result
+
+
+def stored_items(session: Session) -> list[CatalogueItem]:
+    """The registered products as catalogue items, to index them again where they are."""
+    return [
+        CatalogueItem(product.id, Path(product.image_path), dict(product.meta or {}))
+        for product in session.scalars(select(Product).order_by(Product.id))
+    ]
 
 
 def pending_products(

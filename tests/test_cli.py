@@ -88,6 +88,23 @@ def test_index_similar_and_errors_on_the_embedded_default(
         and f"{len(SAMPLE_IDS) + 4}/{len(SAMPLE_IDS) + 4}" in jobs.stdout
     )
 
+    # Another model: indexing the stored products again re-embeds them under the new model id
+    # and rebuilds the table from those vectors alone.
+    again = _lookalike(
+        workdir,
+        "index",
+        "--stored",
+        LOOKALIKE_POOLING="max",
+        LOOKALIKE_MAX_IMAGE_PIXELS="20000000",
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"embedded {len(SAMPLE_IDS)}, skipped 0" in again.stdout
+    with sqlite3.connect(workdir / "lookalike.db") as connection:
+        models = {row[0] for row in connection.execute("SELECT model_id FROM neighbours")}
+        vectors = connection.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    assert len(models) == 1 and ":block5_conv3:max:" in models.pop()
+    assert vectors == 2 * len(SAMPLE_IDS)
+
     missing = _lookalike(workdir, "similar", "no-such-id")
     assert missing.returncode == 1
     assert "no product with id 'no-such-id'" in missing.stderr
