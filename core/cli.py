@@ -295,6 +295,86 @@ def serve(settings: Settings, bind: str, workers: int) -> None:
     )
 
 
+@main.command()
+@click.option(
+    "--label",
+    "label_column",
+    default="articleType",
+    show_default=True,
+    help="Metadata column to score against (e.g. articleType, baseColour).",
+)
+@click.option("--k", default=10, show_default=True, help="Neighbours scored per query.")
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Also score raw pixels (16x16 thumbnails) with the same neighbour code.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_obj
+def evaluate(settings: Settings, label_column: str, k: int, baseline: bool, as_json: bool) -> None:
+    """Score the stored neighbour table against a label column: precision@k, mAP."""
+    from core.evaluation import (
+        evaluate_lists,
+        pixel_vectors,
+        product_labels,
+        stored_lists,
+        vector_lists,
+    )
+
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        labels = product_labels(session, label_column)
+        if not labels:
+            raise click.ClickException(f"no product has a {label_column!r} value")
+        lists, models = stored_lists(session)
+        if not lists:
+            raise click.ClickException("the neighbour table is empty: run lookalike index first")
+        if max(len(v) for v in lists.values()) < k:
+            raise click.ClickException(f"the stored lists are shorter than k={k}")
+        results = [evaluate_lists(", ".join(sorted(models)), lists, labels, label_column, k)]
+        if baseline:
+            pixels = pixel_vectors(
+                session, sorted(lists), settings.max_image_pixels, settings.decode_workers
+            )
+            results.append(
+                evaluate_lists(
+                    "raw pixels 16x16, centred",
+                    vector_lists(pixels, k, settings.block_size),
+                    labels,
+                    label_column,
+                    k,
+                )
+            )
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+        return
+    click.echo(
+        f"{'recipe':64} {'micro P@' + str(k):>10} {'macro P@' + str(k):>10} "
+        f"{'mAP@' + str(k):>8} {'queries':>8}"
+    )
+    for r in results:
+        click.echo(
+            f"{r.name[:64]:64} {r.micro_precision:10.3f} {r.macro_precision:10.3f} "
+            f"{r.mean_average_precision:8.3f} {r.queries:8d}"
+        )
+    click.echo(
+        f"\n{label_column:24} {'products':>8} "
+        + " ".join(
+            f"{('P@' + str(k) + ' ' + name)[:14]:>14}"
+            for name in ("stored", "pixels")[: len(results)]
+        )
+    )
+    baseline_by_label = (
+        {s.label: s.precision for s in results[1].per_label} if len(results) > 1 else {}
+    )
+    for score in results[0].per_label:
+        row = f"{score.label[:24]:24} {score.products:8d} {score.precision:14.3f}"
+        if baseline_by_label:
+            row += f" {baseline_by_label.get(score.label, 0.0):14.3f}"
+        click.echo(row)
+
+
 @main.group()
 def db() -> None:
     """Database schema commands."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -87,6 +88,14 @@ def test_index_similar_and_errors_on_the_embedded_default(
         and "succeeded" in jobs.stdout
         and f"{len(SAMPLE_IDS) + 4}/{len(SAMPLE_IDS) + 4}" in jobs.stdout
     )
+
+    evaluated = _lookalike(workdir, "evaluate", "--label", "articleType", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert [r["name"] for r in report][1] == "raw pixels 16x16, centred"
+    assert all(r["queries"] == len(SAMPLE_IDS) for r in report)
+    assert {s["label"] for s in report[0]["per_label"]} >= {"Tshirts", "Sports Shoes"}
+    assert 0 < report[0]["micro_precision"] <= 1
 
     # Another model: indexing the stored products again re-embeds them under the new model id
     # and rebuilds the table from those vectors alone.
