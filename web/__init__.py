@@ -31,8 +31,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if session is not None:
             session.close()
 
-    from web import api, errors
+    from web import api, errors, pages
 
     errors.register(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
     return app

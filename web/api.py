@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request, send_file, url_for
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from core.catalogue_queries import browse_products
 from core.errors import InvalidRequest, ProductNotFound, QueueUnavailable, Unauthorized
 from core.indexing import similar_products
 from core.jobs import create_job, finish_job, job_errors
@@ -177,21 +178,14 @@ def _positive_int(name: str, default: int, most: int) -> int:
 def list_products() -> Any:
     page = _positive_int("page", 1, 10**9)
     per_page = _positive_int("per_page", 50, 500)
-    query = select(Product)
-    for field, value in request.args.items():
-        if field not in ("page", "per_page"):
-            query = query.where(Product.meta[field].as_string() == value)
-    session = db()
-    total = session.scalar(select(func.count()).select_from(query.subquery()))
-    items = session.scalars(
-        query.order_by(Product.id).offset((page - 1) * per_page).limit(per_page)
-    )
+    filters = {k: v for k, v in request.args.items() if k not in ("page", "per_page")}
+    found = browse_products(db(), filters, page, per_page)
     return jsonify(
         {
-            "items": [product_json(p) for p in items],
-            "page": page,
-            "per_page": per_page,
-            "total": total,
+            "items": [product_json(p) for p in found.items],
+            "page": found.page,
+            "per_page": found.per_page,
+            "total": found.total,
         }
     )
 

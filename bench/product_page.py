@@ -1,0 +1,121 @@
+"""Server time of the product page, GET /products/<id>, on an indexed fashion-dev catalogue.
+
+Measured with Flask's test client in this process (no network, no browser): the time from the
+request to the complete HTML, over many product ids, after one warm-up pass. The catalogue page
+(first page, and filtered) is measured the same way for comparison. The photos themselves
+(GET /images/<id>) are separate requests and not counted.
+
+    python bench/product_page.py [--database-url URL] [--products 300] [--repeats 3]
+
+Without --database-url, fashion-dev is indexed in-process into a SQLite file first (about
+3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, record, unpacked
+from core.models import Neighbour, Product
+from web import create_app
+from web.api import db
+
+TARGET_MS = 100.0
+
+
+def _index_fashion_dev(work: Path) -> str:
+    folder = unpacked("fashion-dev", work / "data")
+    url = f"sqlite:///{work / 'lookalike.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    env.update(LOOKALIKE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
+    print("indexing fashion-dev in-process into", url, flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "core.cli", "index", str(folder)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return url
+
+
+def _percentile(ordered: list[float], share: float) -> float:
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--database-url")
+    parser.add_argument("--products", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    url = args.database_url or _index_fashion_dev(Path(tempfile.mkdtemp(prefix="lookalike-")))
+    app = create_app({"database_url": url})
+    client = app.test_client()
+    with app.app_context():
+        session = db()
+        listed = sorted(session.scalars(select(Neighbour.product_id).distinct()))
+        total = session.scalar(select(func.count()).select_from(Product))
+        some = session.scalars(select(Product).limit(1)).first()
+        article = (some.meta or {}).get("articleType") if some else None
+    if not listed:
+        sys.exit(f"{url} has no neighbour lists: index a catalogue first")
+    ids = random.Random(0).sample(listed, min(args.products, len(listed)))
+
+    def timed(path: str) -> float:
+        start = time.perf_counter()
+        response = client.get(path)
+        elapsed = time.perf_counter() - start
+        if response.status_code != 200:
+            sys.exit(f"GET {path}: {response.status_code}")
+        return elapsed * 1000
+
+    for product_id in ids[:20]:  # warm-up: imports, template compilation, SQLite page cache
+        timed(f"/products/{product_id}")
+    product_ms = [timed(f"/products/{pid}") for _ in range(args.repeats) for pid in ids]
+    pages = ["/", "/?page=7"] + ([f"/?articleType={article}"] if article else [])
+    catalogue_ms = {path: [timed(path) for _ in range(30)] for path in pages}
+    app.extensions["lookalike.engine"].dispose()
+
+    def row(name: str, times: list[float], target: bool) -> str:
+        ordered = sorted(times)
+        p99 = _percentile(ordered, 0.99)
+        verdict = ("met" if p99 < TARGET_MS else "MISSED") if target else ""
+        return (
+            f"| {name} | {len(times)} | {statistics.median(times):.1f} ms | {p99:.1f} ms | "
+            f"{ordered[-1]:.1f} ms | {'< 100 ms ' + verdict if target else ''} |"
+        )
+
+    backend = url.split(":", 1)[0].split("+", 1)[0]
+    lines = [
+        "| request (server time, Flask test client) | requests | median | p99 | max | target |",
+        "|---|---|---|---|---|---|",
+        row(f"GET /products/<id>, {len(ids)} ids x {args.repeats}", product_ms, True),
+    ]
+    lines += [row(f"GET {path} (48 per page)", ms, False) for path, ms in catalogue_ms.items()]
+    record(
+        f"Product page server time, fashion-dev ({total:,} products) indexed, {backend}",
+        "\n".join(lines),
+        "One process, warm (20 requests first). The product page is one primary-key read and "
+        "one join over the neighbour table, then the template; photos are separate requests. "
+        f"Command: `python bench/product_page.py --products {args.products} "
+        f"--repeats {args.repeats}"
+        + (f" --database-url <{backend}, fashion-dev indexed>`." if args.database_url else "`."),
+    )
+
+
+if __name__ == "__main__":
+    main()

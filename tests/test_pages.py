@@ -1,0 +1,288 @@
+"""The server-rendered pages through Flask's test client (no browser): what a reader without
+JavaScript gets, the queries behind it on SQLite and PostgreSQL, and HTML errors for pages
+while the API keeps its JSON errors."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from markupsafe import escape
+from sqlalchemy.orm import Session
+
+from core.catalogue import read_catalogue
+from core.catalogue_queries import (
+    browse_products,
+    catalogue_filters,
+    jobs_with_errors,
+    product_with_lookalikes,
+)
+from core.db import make_engine, make_sessionmaker, upgrade
+from core.encoder import PixelEncoder
+from core.errors import ProductNotFound
+from core.indexing import index_catalogue
+from core.jobs import create_job
+from core.models import Product
+from tests.conftest import SAMPLE_IDS, TSHIRTS
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+class Tags(HTMLParser):
+    """Every start tag of a page, with its attributes."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def all(self, tag: str, **wanted: str) -> list[dict[str, str | None]]:
+        return [
+            attrs
+            for name, attrs in self.tags
+            if name == tag and all(attrs.get(k) == v for k, v in wanted.items())
+        ]
+
+
+def styles(catalogue: Path) -> dict[str, dict[str, str]]:
+    with (catalogue / "styles.csv").open(newline="") as handle:
+        return {row["id"]: row for row in csv.DictReader(handle)}
+
+
+def _index(session: Session, root: Path, with_job: bool) -> None:
+    items = read_catalogue(root).items
+    job = create_job(session, "index") if with_job else None
+    for _ in index_catalogue(
+        session,
+        PixelEncoder(max_pixels=50_000_000),
+        items,
+        k=10,
+        block_size=64,
+        batch_size=8,
+        workers=1,
+        job=job,
+    ):
+        session.flush()
+
+
+@pytest.fixture
+def catalogue(sample_catalogue: Path) -> Path:
+    """The twelve sample photos and a truncated one, which indexing records as an error."""
+    whole = (sample_catalogue / "images" / "2288.jpg").read_bytes()
+    (sample_catalogue / "images" / "broken.jpg").write_bytes(whole[: len(whole) // 2])
+    return sample_catalogue
+
+
+@pytest.fixture
+def pages_app(catalogue: Path, tmp_path: Path) -> Iterator[Flask]:
+    """The app over a SQLite file indexed with the fast pixel encoder: real photos and their
+    metadata, real neighbour lists, one index job with one failed photo, and one product
+    that has no vector."""
+    from web import create_app
+
+    url = f"sqlite:///{tmp_path / 'pages.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        _index(session, catalogue, with_job=True)
+        lone = catalogue / "lone.jpg"
+        shutil.copy(catalogue / "images" / "3168.jpg", lone)
+        session.add(Product(id="lone", meta={}, image_path=str(lone), content_hash="0" * 64))
+        session.commit()
+    engine.dispose()
+    app = create_app({"database_url": url, "media_dir": tmp_path / "media"})
+    yield app
+    app.extensions["lookalike.engine"].dispose()
+
+
+@pytest.fixture
+def pages(pages_app: Flask) -> FlaskClient:
+    return pages_app.test_client()
+
+
+def page(client: FlaskClient, url: str) -> str:
+    response = client.get(url, headers=BROWSER)
+    assert response.status_code == 200, (url, response.status_code)
+    assert response.content_type.startswith("text/html")
+    return response.get_data(as_text=True)
+
+
+def assert_images_accessible(html: str) -> None:
+    images = Tags(html).all("img")
+    assert images
+    for attrs in images:
+        assert attrs.get("alt"), attrs  # every photo named, for screen readers
+        assert attrs.get("loading") == "lazy", attrs
+        assert attrs.get("width") and attrs.get("height"), attrs  # no layout jumps
+
+
+# --- queries, on SQLite and PostgreSQL ----------------------------------------------------
+
+
+def test_catalogue_queries(db_session: Session, catalogue: Path) -> None:
+    _index(db_session, catalogue, with_job=True)
+    rows = styles(catalogue)
+    filters = {f.column: f for f in catalogue_filters(db_session)}
+    assert list(filters) == ["gender", "masterCategory", "articleType", "baseColour"]
+    expected = Counter(rows[pid]["articleType"] for pid in SAMPLE_IDS)
+    assert {o.value: o.count for o in filters["articleType"].options} == expected
+    counts = [o.count for o in filters["articleType"].options]
+    assert counts == sorted(counts, reverse=True)
+    assert catalogue_filters(db_session, fields=["noSuchColumn"]) == []
+
+    tees = browse_products(db_session, {"articleType": "Tshirts"}, page=1, per_page=5)
+    assert tees.total == expected["Tshirts"] and tees.pages == -(-tees.total // 5)
+    assert [p.id for p in tees.items] == sorted(p.id for p in tees.items)
+    assert all(p.meta["articleType"] == "Tshirts" for p in tees.items)
+    last = browse_products(db_session, {"articleType": "Tshirts"}, page=99, per_page=5)
+    assert last.page == tees.pages and last.items
+    everything = browse_products(db_session, {}, page=1, per_page=100)
+    assert everything.total == len(SAMPLE_IDS) + 1  # the broken photo is a product too
+    none = browse_products(db_session, {"gender": "Martian"}, page=1, per_page=5)
+    assert (none.total, none.items, none.pages) == (0, [], 1)
+
+    view = product_with_lookalikes(db_session, TSHIRTS[0])
+    assert [n.rank for n in view.neighbours] == list(range(1, 11)) and view.reason is None
+    broken = product_with_lookalikes(db_session, "broken")
+    assert broken.neighbours == [] and "no vector" in (broken.reason or "")
+    with pytest.raises(ProductNotFound):
+        product_with_lookalikes(db_session, "nope")
+
+    (item,) = jobs_with_errors(db_session)
+    assert item.state == "succeeded" and [e.product_id for e in item.errors] == ["broken"]
+    duration = item.duration()
+    assert duration is not None and duration >= 0
+
+
+# --- pages --------------------------------------------------------------------------------
+
+
+def test_catalogue_page_filters_and_pages_without_javascript(
+    pages: FlaskClient, catalogue: Path
+) -> None:
+    rows = styles(catalogue)
+    html = page(pages, "/")
+    assert "<script" not in html  # reading needs no JavaScript
+    assert_images_accessible(html)
+    tags = Tags(html)
+    links = {a["href"] for a in tags.all("a")}
+    assert {f"/products/{pid}" for pid in SAMPLE_IDS} <= links
+    for pid in SAMPLE_IDS:
+        assert escape(rows[pid]["productDisplayName"]) in html
+    selects = [s["name"] for s in tags.all("select")]
+    assert selects == ["gender", "masterCategory", "articleType", "baseColour"]
+    assert 'for="go-id"' in html and 'for="filter-articleType"' in html  # labelled controls
+
+    tees = page(pages, "/?articleType=Tshirts&gender=")
+    shown = {a["href"] for a in Tags(tees).all("a") if (a["href"] or "").startswith("/products/")}
+    expected = {pid for pid in SAMPLE_IDS if rows[pid]["articleType"] == "Tshirts"}
+    assert shown == {f"/products/{pid}" for pid in expected}
+    assert re.search(r'<option value="Tshirts"\s+selected', tees)
+
+    first = page(pages, "/?per_page=5")
+    assert "page 1 of 3" in first and 'href="/?page=2&amp;per_page=5"' in first
+    last = page(pages, "/?per_page=5&page=3")
+    assert 'rel="prev"' in last and 'rel="next"' not in last
+    assert "page 3 of 3" in page(pages, "/?per_page=5&page=40")  # past the end: last page
+    assert "page 1 of 3" in page(pages, "/?per_page=5&page=zero")  # mangled: first page
+    assert "No products match" in page(pages, "/?gender=Martian")
+
+    response = pages.get("/go?id=+2049+")
+    assert response.status_code == 302 and response.location.endswith("/products/2049")
+    assert pages.get("/go?id=").location.endswith("/")
+
+
+def test_product_page_shows_lookalikes_with_scores(pages: FlaskClient, catalogue: Path) -> None:
+    rows = styles(catalogue)
+    product_id = TSHIRTS[0]
+    html = page(pages, f"/products/{product_id}")
+    assert "<script" not in html
+    assert_images_accessible(html)
+    tags = Tags(html)
+    name = rows[product_id]["productDisplayName"]
+    assert f"<h1>{escape(name)}</h1>" in html
+    assert tags.all("img", src=f"/images/{product_id}", alt=name)
+    for field in ("gender", "articleType", "baseColour", "season"):
+        assert rows[product_id][field] in html
+    # The breadcrumb narrows the catalogue one level at a time.
+    assert 'href="/?gender=Men&amp;masterCategory=Apparel"' in html
+
+    lookalikes = html.split('aria-label="Lookalikes"', 1)[1]
+    hrefs = re.findall(r'<a href="/products/([^"]+)"', lookalikes)
+    scores = [float(s) for s in re.findall(r'class="score-value">(-?[\d.]+)<', lookalikes)]
+    widths = [float(w) for w in re.findall(r'style="width: ([\d.]+)%"', lookalikes)]
+    assert len(hrefs) == len(scores) == len(widths) == 10
+    assert product_id not in hrefs and len(set(hrefs)) == 10
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    # The bar is the cosine as a share of its width; below zero (pixel vectors can be) it is empty.
+    assert widths == pytest.approx([max(s, 0) * 100 for s in scores], abs=0.06)
+    for pid in hrefs:
+        alts = [img["alt"] for img in Tags(lookalikes).all("img", src=f"/images/{pid}")]
+        assert alts == [rows[pid]["productDisplayName"]]
+    assert pages.get(f"/images/{hrefs[0]}").status_code == 200
+
+    # Walk on: a lookalike's own page lists its own lookalikes.
+    assert 'aria-label="Lookalikes"' in page(pages, f"/products/{hrefs[0]}")
+
+    lone = page(pages, "/products/lone")
+    assert "No lookalikes yet" in lone and "no vector yet" in lone
+    assert Tags(lone).all("img", alt="Product lone")  # no name: the alt text says which
+
+
+def test_jobs_search_and_add_pages(pages: FlaskClient, pages_app: Flask) -> None:
+    html = page(pages, "/jobs")
+    row = html.split('class="job"', 1)[1].split("</tr>", 1)[0]
+    assert "state-succeeded" in row and "1 photo failed" in row
+    assert "<strong>broken</strong>" in row and "truncated" in row
+    assert re.search(r'<progress max="13" value="13"', row)
+    assert re.search(r'class="duration">\d+\.\d s<', row)
+
+    search = page(pages, "/search")
+    assert 'data-api="/api/search"' in search and 'type="file"' in search
+    assert 'for="search-image"' in search and 'role="alert"' in search
+    assert "<noscript>" in search and "api-token" not in search
+    add = page(pages, "/add")
+    assert 'data-api="/api/products"' in add and "multiple" in add and "api-token" not in add
+
+    pages_app.config["LOOKALIKE"] = pages_app.config["LOOKALIKE"].model_copy(
+        update={"api_token": "s3cret"}
+    )
+    assert 'id="api-token"' in page(pages, "/search")
+    assert 'id="api-token"' in page(pages, "/add")
+
+
+def test_pages_answer_errors_in_html_and_the_api_in_json(pages: FlaskClient) -> None:
+    for headers in (BROWSER, {}):
+        response = pages.get("/products/nope", headers=headers)
+        assert response.status_code == 404 and response.content_type.startswith("text/html")
+        html = response.get_data(as_text=True)
+        assert "404" in html and "no product with id &#39;nope&#39;" in html
+        assert "Traceback" not in html and 'href="/"' in html
+
+    # An unknown address: a page for a browser, JSON for every other client.
+    response = pages.get("/no/such/page", headers=BROWSER)
+    assert response.status_code == 404 and response.content_type.startswith("text/html")
+    response = pages.get("/no/such/page")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+    response = pages.post("/products/2049", headers=BROWSER)
+    assert response.status_code == 405 and response.content_type.startswith("text/html")
+
+    # The API, and the photos, keep JSON whatever the client accepts.
+    for url in ("/api/products/nope", "/api/nope", "/images/nope", "/api/jobs/nope"):
+        response = pages.get(url, headers=BROWSER)
+        assert response.status_code == 404, url
+        assert set(response.get_json()["error"]) == {"code", "message"}, url
+    response = pages.get("/api/products?page=0", headers=BROWSER)
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_request"

@@ -1,0 +1,108 @@
+"""Server-rendered pages: catalogue, product, search by photo, add products, jobs.
+
+Views parse the query string, call ``core``, and render a template. Reading pages (catalogue,
+product, jobs) are complete HTML without JavaScript; the search and add pages post to the JSON
+API from the browser and poll the job it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from core.catalogue_queries import (
+    FILTER_FIELDS,
+    browse_products,
+    catalogue_filters,
+    jobs_with_errors,
+    product_with_lookalikes,
+)
+from web.api import db, settings
+
+bp = Blueprint("pages", __name__)
+
+PER_PAGE = 48
+JOBS_SHOWN = 30
+MOST_PER_PAGE = 200
+# The catalogue's hierarchy, as breadcrumbs above a product: each crumb adds one filter.
+CRUMB_FIELDS = ("gender", "masterCategory", "articleType")
+# Metadata shown first on a product page, in this order; any other keys follow.
+DETAIL_ORDER = ("productDisplayName", *FILTER_FIELDS, "subCategory", "season", "year", "usage")
+
+
+def _whole_number(name: str, default: int, most: int) -> int:
+    """A positive whole number from the query string, at most ``most``. Anything else falls
+    back to ``default``: a reader following a mangled link should still see a page."""
+    raw = request.args.get(name, "")
+    return min(int(raw), most) if raw.isdigit() and int(raw) >= 1 else default
+
+
+@bp.app_template_filter("seconds")
+def format_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+@bp.app_template_global()
+def score_percent(score: float) -> float:
+    """Width of a score bar: cosine similarity clamped to [0, 1], as a percentage."""
+    return round(max(0.0, min(1.0, score)) * 100, 1)
+
+
+@bp.get("/")
+def catalogue() -> str:
+    filters = {name: request.args[name] for name in FILTER_FIELDS if request.args.get(name)}
+    per_page = _whole_number("per_page", PER_PAGE, MOST_PER_PAGE)
+    session = db()
+    listing = browse_products(session, filters, _whole_number("page", 1, 10**9), per_page)
+    return render_template(
+        "catalogue.html",
+        listing=listing,
+        filters=catalogue_filters(session),
+        chosen=filters,
+        per_page=per_page if per_page != PER_PAGE else None,
+    )
+
+
+@bp.get("/go")
+def go_to_product() -> Response:
+    product_id = request.args.get("id", "").strip()
+    if not product_id:
+        return redirect(url_for("pages.catalogue"))
+    return redirect(url_for("pages.product", product_id=product_id))
+
+
+@bp.get("/products/<product_id>")
+def product(product_id: str) -> str:
+    view = product_with_lookalikes(db(), product_id)
+    meta: dict[str, Any] = dict(view.product.meta or {})
+    details = [(key, meta.pop(key)) for key in DETAIL_ORDER if key in meta]
+    details += sorted(meta.items())
+    crumbs: list[tuple[str, dict[str, str]]] = []
+    for key, value in details:
+        if key in CRUMB_FIELDS:
+            crumbs.append((str(value), {**(crumbs[-1][1] if crumbs else {}), key: str(value)}))
+    return render_template(
+        "product.html", view=view, details=details, crumbs=crumbs, filter_fields=FILTER_FIELDS
+    )
+
+
+@bp.get("/search")
+def search() -> str:
+    return render_template("search.html", token_required=bool(settings().api_token))
+
+
+@bp.get("/add")
+def add_products() -> str:
+    return render_template("add.html", token_required=bool(settings().api_token))
+
+
+@bp.get("/jobs")
+def jobs() -> str:
+    return render_template("jobs.html", jobs=jobs_with_errors(db(), JOBS_SHOWN), limit=JOBS_SHOWN)
