@@ -65,11 +65,16 @@ class ModelSpec:
     pooling: str
     input_size: int
     weights_path: str | None = None
+    precision: str = "float32"
 
     @property
     def model_id(self) -> str:
         pooling = "none" if self.layer in TOP_LAYERS else self.pooling
-        return f"vgg16:{self.weights_tag}:{self.layer}:{pooling}:{self.input_size}:{PREPROCESSING}"
+        suffix = "" if self.precision == "float32" else f":{self.precision}"
+        return (
+            f"vgg16:{self.weights_tag}:{self.layer}:{pooling}:{self.input_size}:"
+            f"{PREPROCESSING}{suffix}"
+        )
 
     @property
     def include_top(self) -> bool:
@@ -175,6 +180,7 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         pooling=settings.pooling if settings.pooling != "gem" else f"gem{settings.gem_power:g}",
         input_size=settings.input_size,
         weights_path=path,
+        precision=settings.precision,
     )
 
 
@@ -221,6 +227,10 @@ class VGG16Encoder:
         self._preprocess = vgg16.preprocess_input
         size = spec.input_size
         shape = None if spec.include_top else (size, size, 3)
+        previous_policy = keras.config.dtype_policy()
+        if spec.precision == "bfloat16":
+            # Weights stay float32; convolutions run in bfloat16 (AMX / AVX-512 BF16).
+            keras.config.set_dtype_policy("mixed_bfloat16")
         try:
             if spec.weights == "bundled":
                 assert spec.weights_path is not None
@@ -235,6 +245,8 @@ class VGG16Encoder:
             raise WeightsUnavailable(
                 f"cannot load VGG16 weights {spec.weights_tag}: {exc}"
             ) from exc
+        finally:
+            keras.config.set_dtype_policy(previous_policy)
 
         features = base.get_layer(spec.layer).output
         if not spec.include_top:
@@ -262,10 +274,11 @@ class VGG16Encoder:
 def _pooling_layer(pooling: str) -> Any:
     import keras
 
+    # Pooling always in float32, whatever the precision of the convolutions.
     if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="pool_avg")
+        return keras.layers.GlobalAveragePooling2D(name="pool_avg", dtype="float32")
     if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="pool_max")
+        return keras.layers.GlobalMaxPooling2D(name="pool_max", dtype="float32")
     if pooling.startswith("gem"):
         power = float(pooling[3:])
         ops = keras.ops
@@ -274,7 +287,7 @@ def _pooling_layer(pooling: str) -> Any:
             pooled = ops.mean(ops.power(ops.maximum(x, 1e-6), power), axis=(1, 2))
             return ops.power(pooled, 1.0 / power)
 
-        return keras.layers.Lambda(gem, name=f"pool_gem{power:g}")
+        return keras.layers.Lambda(gem, name=f"pool_gem{power:g}", dtype="float32")
     raise ValueError(f"unknown pooling {pooling!r}")
 
 

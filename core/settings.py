@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     )
     gem_power: float = Field(default=3.0, gt=0, description="p of generalised-mean pooling.")
     input_size: int = Field(default=224, ge=32, description="Square model input, in pixels.")
+    precision: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Arithmetic of the model: bfloat16 is several times faster on CPUs with "
+        "AMX/AVX-512 BF16, at a small cost in agreement (see BENCHMARKS.md).",
+    )
     batch_size: int = Field(default=16, ge=1, description="Images per model call.")
     decode_workers: int = Field(default=2, ge=1, description="Threads that decode images.")
     neighbours: int = Field(default=10, ge=1, description="k: neighbours kept per product.")
