@@ -105,3 +105,16 @@ def test_model_id_pins_layer_pooling_and_size() -> None:
         )
     }
     assert len(ids) == 5
+
+
+def test_bfloat16_is_its_own_model_and_close_to_float32(
+    vgg_encoder: VGG16Encoder, fashion_dev: Path
+) -> None:
+    spec = resolve_spec(get_settings(weights="bundled", precision="bfloat16"))
+    assert spec.model_id == vgg_encoder.model_id + ":bfloat16"
+    fast = VGG16Encoder(spec, max_pixels=50_000_000)
+    ids = TSHIRTS[:2] + SHOES[:2]
+    exact, approx = _embed(vgg_encoder, fashion_dev, ids), _embed(fast, fashion_dev, ids)
+    for pid in ids:
+        assert approx[pid].dtype == np.float32
+        assert float(exact[pid] @ approx[pid]) > 0.99
