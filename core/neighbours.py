@@ -50,31 +50,6 @@ def merge(a: Neighbours, b: Neighbours, k: int) -> Neighbours:
     )
 
 
-def _block_topk(scores: np.ndarray, columns: np.ndarray, k: int) -> Neighbours:
-    """Top-k of each row of a score block whose columns are the global ``columns``."""
-    rows, width = scores.shape
-    if width <= k:
-        order = np.broadcast_to(np.arange(width), (rows, width))
-    else:
-        order = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        # argpartition picks arbitrarily among scores tied at the k-th value; redo those rows
-        # so the smaller position wins, as in a full sort.
-        kth = np.take_along_axis(scores, order, axis=1).min(axis=1)
-        tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
-        if tied.size:
-            order = order.copy()
-            for row in tied:
-                candidates = np.flatnonzero(scores[row] >= kth[row])
-                best = np.lexsort((candidates, -scores[row, candidates].astype(np.float64)))
-                order[row] = candidates[best[:k]]
-    picked = np.take_along_axis(scores, order, axis=1)
-    positions = np.where(np.isneginf(picked), NO_NEIGHBOUR, columns[order])
-    result = empty_lists(rows, k)
-    result.positions[:, : order.shape[1]] = positions
-    result.scores[:, : order.shape[1]] = picked
-    return result
-
-
 def top_k(
     vectors: np.ndarray,
     k: int,
@@ -106,6 +81,16 @@ def search(vectors: np.ndarray, queries: np.ndarray, k: int, block_size: int = 2
     return _search(queries, outside, vectors, np.arange(len(vectors)), k, block_size)
 
 
+# Candidates are found with float32 products (fast), then rescored in float64. A true top-k
+# neighbour can only be missed by float32 if more than _MARGIN others score within float32's
+# error of it; rows where that is possible are recomputed exactly (see _finish).
+_MARGIN = 6
+# Bound on the float32 error of a dot product of two unit vectors (d * 2**-24 is 3e-5 for
+# d = 512), with room to spare.
+_EPS = 2e-4
+_FINISH_ROWS = 512
+
+
 def _search(
     query_vectors: np.ndarray,
     query_pos: np.ndarray,
@@ -116,25 +101,169 @@ def _search(
 ) -> Neighbours:
     """Top-k of ``query_vectors`` (whose own positions are ``query_pos``, -1 for none) among
     ``vectors[cand_pos]``."""
-    result = empty_lists(len(query_pos), k)
-    if len(query_pos) == 0 or len(cand_pos) == 0:
-        return result
-    # Candidate order must be ascending for the position tie-break inside a block.
-    cand_pos = np.sort(cand_pos)
+    count = len(query_pos)
+    if count == 0 or len(cand_pos) == 0:
+        return empty_lists(count, k)
+    cand_pos = np.sort(cand_pos)  # ascending, so that ties favour the smaller position
+    keep = k + _MARGIN
+    running = empty_lists(count, keep)
+    x32 = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(x32)
+    everything = np.arange(n)
+    if (
+        query_vectors is vectors
+        and len(query_pos) == n
+        and len(cand_pos) == n
+        and np.array_equal(query_pos, everything)
+        and np.array_equal(cand_pos, everything)
+    ):
+        # Every product against every other: scores are symmetric, so each tile above the
+        # diagonal serves both its rows and, transposed, its columns. Diagonal tiles go first,
+        # so that every row has a threshold before it meets a transposed tile.
+        blocks = [slice(i0, min(i0 + block_size, n)) for i0 in range(0, n, block_size)]
+        for block in blocks:
+            tile = x32[block] @ x32[block].T
+            np.fill_diagonal(tile, -np.inf)
+            _absorb(running, block, tile, everything[block], keep)
+        for i, rows in enumerate(blocks):
+            for cols in blocks[i + 1 :]:
+                tile = x32[rows] @ x32[cols].T
+                _absorb(running, rows, tile, everything[cols], keep)
+                _absorb(running, cols, tile, everything[rows], keep, transposed=True)
+    else:
+        candidates = x32[cand_pos]
+        queries = np.ascontiguousarray(
+            query_vectors if query_vectors is not vectors else x32[query_pos], dtype=np.float32
+        )
+        for q0 in range(0, count, block_size):
+            block = slice(q0, min(q0 + block_size, count))
+            own = query_pos[block]
+            for c0 in range(0, len(cand_pos), block_size):
+                columns = cand_pos[c0 : c0 + block_size]
+                tile = queries[block] @ candidates[c0 : c0 + block_size].T
+                _exclude_self(tile, own, columns)
+                _absorb(running, block, tile, columns, keep)
+    return _finish(query_vectors, query_pos, vectors, cand_pos, running, k)
+
+
+def _exclude_self(tile: np.ndarray, own: np.ndarray, cols: np.ndarray) -> None:
+    """Never a product's own neighbour: -inf where a row's position is among ``cols``."""
+    at = np.searchsorted(cols, own)
+    inside = (at < len(cols)) & (own >= 0)
+    hit = np.flatnonzero(inside)
+    hit = hit[cols[at[hit]] == own[hit]]
+    tile[hit, at[hit]] = -np.inf
+
+
+def _absorb(
+    running: Neighbours,
+    rows: slice,
+    tile: np.ndarray,
+    cols: np.ndarray,
+    keep: int,
+    transposed: bool = False,
+) -> None:
+    """Merge a tile of float32 scores into the running best ``keep`` of ``rows``.
+
+    With ``transposed`` the tile's columns are the rows (a tile used for both sides of the
+    symmetric build); it is read in its own memory order instead of being copied.
+    """
+    held_pos = running.positions[rows]
+    held = running.scores[rows]
+    threshold = held[:, -1]
+    height = held.shape[0]
+    beats = tile > (threshold[None, :] if transposed else threshold[:, None])
+    if len(cols) > keep and np.count_nonzero(beats) > 2 * keep * height:
+        # Early tiles: most entries beat the threshold; cut each row to its best few first.
+        scores = np.ascontiguousarray(tile.T) if transposed else tile
+        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        r = np.repeat(np.arange(height), keep)
+        c = part.ravel()
+        s = scores[r, c]
+        good = s > threshold[r]
+        r, c, s = r[good], c[good], s[good]
+    else:
+        first, second = np.nonzero(beats)
+        if first.size == 0:
+            return
+        s = tile[first, second]
+        r, c = (second, first) if transposed else (first, second)
+    all_rows = np.concatenate([np.repeat(np.arange(height), keep), r])
+    all_scores = np.concatenate([held.ravel(), s])
+    all_pos = np.concatenate([held_pos.ravel(), cols[c]])
+    tiebreak = np.where(all_pos == NO_NEIGHBOUR, np.iinfo(np.int64).max, all_pos)
+    order = np.lexsort((tiebreak, -all_scores.astype(np.float64), all_rows))
+    sorted_rows = all_rows[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_rows, np.arange(height))[sorted_rows]
+    chosen = rank < keep
+    held_pos[sorted_rows[chosen], rank[chosen]] = all_pos[order][chosen]
+    held[sorted_rows[chosen], rank[chosen]] = all_scores[order][chosen]
+
+
+def _finish(
+    query_vectors: np.ndarray,
+    query_pos: np.ndarray,
+    vectors: np.ndarray,
+    cand_pos: np.ndarray,
+    running: Neighbours,
+    k: int,
+) -> Neighbours:
+    """Rescore the float32 candidates in float64, keep the best k, and redo exactly any row
+    where float32 could have hidden a better candidate."""
     external = query_vectors is not vectors
-    for q0 in range(0, len(query_pos), block_size):
-        q_block = query_pos[q0 : q0 + block_size]
-        rows = np.arange(q0, q0 + len(q_block)) if external else q_block
-        q_vecs = query_vectors[rows].astype(np.float64)
-        running = empty_lists(len(q_block), k)
-        for c0 in range(0, len(cand_pos), block_size):
-            c_block = cand_pos[c0 : c0 + block_size]
-            block = (q_vecs @ vectors[c_block].astype(np.float64).T).astype(np.float32)
-            block[q_block[:, None] == c_block[None, :]] = -np.inf  # never its own neighbour
-            running = merge(running, _block_topk(block, c_block, k), k)
-        result.positions[q0 : q0 + len(q_block)] = running.positions
-        result.scores[q0 : q0 + len(q_block)] = running.scores
+    result = empty_lists(len(query_pos), k)
+    uncertain: list[np.ndarray] = []
+    for r0 in range(0, len(query_pos), _FINISH_ROWS):
+        rows = slice(r0, min(r0 + _FINISH_ROWS, len(query_pos)))
+        pos = running.positions[rows]
+        valid = pos != NO_NEIGHBOUR
+        own = np.arange(rows.start, rows.stop) if external else query_pos[rows]
+        q64 = np.asarray(query_vectors[own], dtype=np.float64)
+        c64 = np.asarray(vectors[np.where(valid, pos, 0)], dtype=np.float64)
+        exact = np.einsum("bd,bkd->bk", q64, c64).astype(np.float32)
+        exact[~valid] = -np.inf
+        tiebreak = np.where(valid, pos, np.iinfo(np.int64).max)
+        order = np.lexsort((tiebreak, -exact.astype(np.float64)), axis=1)[:, :k]
+        best = np.take_along_axis(exact, order, axis=1)
+        result.positions[rows] = np.where(
+            np.isneginf(best), NO_NEIGHBOUR, np.take_along_axis(pos, order, axis=1)
+        )
+        result.scores[rows] = best
+        # A row whose candidate list was full may have cut one that float32 underrated.
+        cut_off = running.scores[rows][:, -1]
+        doubt = valid.all(axis=1) & (cut_off >= best[:, -1] - _EPS)
+        uncertain.append(np.flatnonzero(doubt) + r0)
+    redo = np.concatenate(uncertain)
+    if redo.size:
+        _exact_rows(query_vectors, query_pos, vectors, cand_pos, redo, result, external)
     return result
+
+
+def _exact_rows(
+    query_vectors: np.ndarray,
+    query_pos: np.ndarray,
+    vectors: np.ndarray,
+    cand_pos: np.ndarray,
+    redo: np.ndarray,
+    result: Neighbours,
+    external: bool,
+) -> None:
+    """Full float64 scoring of a few rows against every candidate."""
+    k = result.positions.shape[1]
+    c64 = np.asarray(vectors[cand_pos], dtype=np.float64)
+    for r0 in range(0, len(redo), 256):
+        chunk = redo[r0 : r0 + 256]
+        own = chunk if external else query_pos[chunk]
+        scores = (np.asarray(query_vectors[own], dtype=np.float64) @ c64.T).astype(np.float32)
+        if not external:
+            _exclude_self(scores, query_pos[chunk], cand_pos)
+        for line, row in zip(scores, chunk, strict=True):
+            order = np.lexsort((cand_pos, -line.astype(np.float64)))[:k]
+            picked = line[order]
+            result.positions[row, : len(order)] = np.where(
+                np.isneginf(picked), NO_NEIGHBOUR, cand_pos[order]
+            )
+            result.scores[row, : len(order)] = picked
 
 
 def add_to_lists(

@@ -72,3 +72,29 @@ def test_search_with_outside_queries_equals_brute_force() -> None:
     np.testing.assert_array_equal(found.positions, expected[:, :10])
     # A query that is a catalogue vector finds itself first: it is not excluded.
     assert search(vectors, vectors[3:4], 1).positions[0, 0] == 3
+
+
+def _reference(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 scores of every pair, rounded to float32, full sort by (score desc, position)."""
+    scores = (vectors.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
+    np.fill_diagonal(scores, -np.inf)
+    positions = np.arange(len(vectors))
+    order = np.array(
+        [np.lexsort((positions, -row.astype(np.float64)))[:k] for row in scores]
+    )
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+@pytest.mark.parametrize("block", [16, 50, 1000])
+def test_near_duplicates_beyond_float32_resolution_are_exact(block: int) -> None:
+    # Clusters of 12 vectors that differ by ~1e-7: float32 products cannot order them, so the
+    # float64 rescoring and the exact fallback must.
+    rng = np.random.default_rng(7)
+    centres = np.repeat(rng.normal(size=(20, 64)), 12, axis=0)
+    vectors = l2_normalise(centres + rng.normal(scale=1e-7, size=centres.shape))
+    found = top_k(vectors, 10, block_size=block)
+    positions, scores = _reference(vectors, 10)
+    np.testing.assert_array_equal(found.positions, positions)
+    np.testing.assert_array_equal(found.scores, scores)
+    part = top_k(vectors, 10, block_size=block, queries=np.arange(0, 240, 5))
+    np.testing.assert_array_equal(part.positions, positions[::5])
