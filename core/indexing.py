@@ -289,11 +289,24 @@ def lists_mentioning(session: Session, product_ids: Iterable[str]) -> set[str]:
 
 
 def _listed(session: Session, model_id: str) -> set[str]:
+    """Products that have a list under ``model_id`` (every list has a rank 1)."""
     return set(
         session.scalars(
-            select(Neighbour.product_id).where(Neighbour.model_id == model_id).distinct()
+            select(Neighbour.product_id).where(Neighbour.model_id == model_id, Neighbour.rank == 1)
         )
     )
+
+
+def _floors(session: Session, model_id: str, k: int) -> dict[str, tuple[float, str]]:
+    """Each full list's last entry (score, neighbour): what a newcomer must beat to enter."""
+    return {
+        pid: (score, neighbour)
+        for pid, score, neighbour in session.execute(
+            select(Neighbour.product_id, Neighbour.score, Neighbour.neighbour_id).where(
+                Neighbour.model_id == model_id, Neighbour.rank == k
+            )
+        )
+    }
 
 
 def update_neighbours(
@@ -331,14 +344,27 @@ def update_neighbours(
     old_ids = [pid for pid in vectors.ids if pid in listed and pid not in set(recompute)]
     new = vectors.positions(new_ids)
     old = vectors.positions(old_ids)
-    current = load_lists(session, vectors, old_ids, model_id, k)
-    updated, _ = add_to_lists(vectors.vectors, current, old, new, k, block_size, new_lists=False)
+    # Only lists whose last entry a newcomer beats can change: read just those.
+    entering = top_k(vectors.vectors, 1, block_size, queries=old, candidates=new)
+    floors = _floors(session, model_id, k)
+    index = {pid: pos for pos, pid in enumerate(vectors.ids)}
+    touched = [
+        row
+        for row, pid in enumerate(old_ids)
+        if entering.positions[row, 0] != NO_NEIGHBOUR
+        and _beats(entering.scores[row, 0], int(entering.positions[row, 0]), floors.get(pid), index)
+    ]
+    touched_ids = [old_ids[row] for row in touched]
+    current = load_lists(session, vectors, touched_ids, model_id, k)
+    updated, _ = add_to_lists(
+        vectors.vectors, current, old[touched], new, k, block_size, new_lists=False
+    )
     rows = changed_rows(current, updated)
     fresh = top_k(vectors.vectors, k, block_size, queries=vectors.positions(recompute))
     write_lists(
         session,
         vectors,
-        [old_ids[row] for row in rows] + recompute,
+        [touched_ids[row] for row in rows] + recompute,
         Neighbours(
             np.concatenate([updated.positions[rows], fresh.positions]),
             np.concatenate([updated.scores[rows], fresh.scores]),
@@ -346,6 +372,16 @@ def update_neighbours(
         model_id,
     )
     return len(rows) + len(recompute)
+
+
+def _beats(
+    score: float, position: int, floor: tuple[float, str] | None, index: dict[str, int]
+) -> bool:
+    """Whether (score, position) ranks above a list's last entry (None: the list is short)."""
+    if floor is None or floor[1] not in index:
+        return True
+    floor_score = np.float32(floor[0])
+    return bool(score > floor_score or (score == floor_score and position < index[floor[1]]))
 
 
 def delete_products(
