@@ -51,8 +51,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
     "path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @click.option("--stored", is_flag=True, help="Index the products already in the database.")
+@click.option(
+    "--refit",
+    is_flag=True,
+    help="Fit the catalogue's PCA projection again (LOOKALIKE_PCA_DIMS) and rebuild.",
+)
 @click.pass_obj
-def index(settings: Settings, path: Path | None, stored: bool) -> None:
+def index(settings: Settings, path: Path | None, stored: bool, refit: bool) -> None:
     """Index the catalogue in PATH (Kaggle layout or a folder of images), or with --stored
     the products already registered (after changing the model, say).
 
@@ -74,7 +79,7 @@ def index(settings: Settings, path: Path | None, stored: bool) -> None:
     click.echo(f"{len(catalogue.items)} photos in {catalogue.root} ({catalogue.layout} layout)")
 
     if settings.broker_url:
-        _index_on_workers(settings, catalogue)
+        _index_on_workers(settings, catalogue, refit)
         return
     encoder = load_encoder(settings)
     click.echo(f"model {encoder.model_id}")
@@ -91,6 +96,9 @@ def index(settings: Settings, path: Path | None, stored: bool) -> None:
             batch_size=settings.batch_size,
             workers=settings.decode_workers,
             job=job,
+            pca_dims=settings.pca_dims,
+            pca_power=settings.pca_power,
+            refit=refit,
         )
         bar: tqdm[Any] | None = None
         try:
@@ -123,7 +131,7 @@ def _stored_catalogue(settings: Settings) -> Catalogue:
         )
 
 
-def _index_on_workers(settings: Settings, catalogue: Catalogue) -> None:
+def _index_on_workers(settings: Settings, catalogue: Catalogue, refit: bool) -> None:
     """Register the products here, then let the workers embed them chunk by chunk while a
     progress bar follows the job in the jobs table."""
     from core.indexing import sync_products
@@ -132,7 +140,7 @@ def _index_on_workers(settings: Settings, catalogue: Catalogue) -> None:
 
     sessions = make_sessionmaker(make_engine(settings.database_url))
     with sessions() as session:
-        job = create_job(session, "index", {"path": str(catalogue.root)})
+        job = create_job(session, "index", {"path": str(catalogue.root), "refit": refit})
         synced = sync_products(session, catalogue.items)
         chunks = plan_chunks(
             session, job, [item.product_id for item in catalogue.items], settings.chunk_size
@@ -177,6 +185,7 @@ def _print_summary(summary: IndexSummary) -> None:
         f"skipped {summary.skipped} already embedded, {summary.failed} failed; "
         f"{summary.lists_written} neighbour lists written"
     )
+    click.echo(f"lists built in {summary.model_id}")
     if summary.failed:
         click.echo("failed images are listed with: lookalike errors", err=True)
 

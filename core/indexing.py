@@ -7,6 +7,7 @@ for each neighbour-table update, so that a reader never sees a half-written list
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from core.db import upsert
 from core.encoder import ImageEncoder
 from core.errors import NotIndexed, ProductNotFound
 from core.jobs import finish_job, record_failures, start_job
-from core.models import Embedding, Job, Neighbour, Product
+from core.models import Embedding, Job, Neighbour, Product, ProjectionRecord
 from core.neighbours import NO_NEIGHBOUR, Neighbours, add_to_lists, changed_rows, empty_lists, top_k
 from core.pipeline import EmbeddedBatch, embed_images
+from core.projection import Projection, fit_projection
 
 _IN_CHUNK = 500
+SPACE_SEPARATOR = "|"
 T = TypeVar("T")
 
 
@@ -174,18 +177,100 @@ class VectorSet:
 
 
 def load_vectors(session: Session, model_id: str) -> VectorSet:
-    """All vectors of ``model_id`` whose photo is still the product's current one."""
+    """All vectors of ``model_id`` whose photo is still the product's current one.
+
+    ``model_id`` may name a projected space, ``<embedding model id>|<projection tag>``: the
+    embedding model's vectors are then projected with that stored projection.
+    """
+    embedding_model, _, tag = model_id.partition(SPACE_SEPARATOR)
     rows = session.execute(
         select(Embedding.product_id, Embedding.dim, Embedding.vector)
         .join(Product, Product.id == Embedding.product_id)
-        .where(Embedding.model_id == model_id, Embedding.content_hash == Product.content_hash)
+        .where(
+            Embedding.model_id == embedding_model, Embedding.content_hash == Product.content_hash
+        )
     ).all()
     # Python's string order, not the database collation: the same everywhere.
     ordered = sorted(rows, key=lambda row: row[0])
     if not ordered:
         return VectorSet([], np.zeros((0, 0), dtype=np.float32))
     matrix = np.frombuffer(b"".join(row[2] for row in ordered), dtype="<f4")
-    return VectorSet([row[0] for row in ordered], matrix.reshape(len(ordered), ordered[0][1]))
+    vectors = matrix.reshape(len(ordered), ordered[0][1])
+    if tag:
+        vectors = get_projection(session, tag).apply(vectors)
+    return VectorSet([row[0] for row in ordered], vectors)
+
+
+def get_projection(session: Session, tag: str) -> Projection:
+    record = session.get(ProjectionRecord, tag)
+    if record is None:
+        raise NotIndexed(f"projection {tag!r} is not stored: index again with --refit")
+    return _projection_from_bytes(record.data)
+
+
+@functools.lru_cache(maxsize=4)
+def _projection_from_bytes(data: bytes) -> Projection:
+    return Projection.from_bytes(data)
+
+
+def resolve_space(
+    session: Session,
+    embedding_model_id: str,
+    dims: int,
+    power: float,
+    refit: bool = False,
+    fit: bool = True,
+) -> str:
+    """The model id neighbour lists are built in: the embedding model's own vectors, or those
+    vectors through the stored PCA-whitening projection of this catalogue.
+
+    A projection is fitted once, when there is none yet and the catalogue has at least
+    ``2 * dims`` vectors (before that, lists use the embedding vectors as they are), and again
+    only when ``refit`` asks for it. Adds therefore keep projecting with the same parameters.
+    """
+    if dims <= 0:
+        return embedding_model_id
+    record = session.scalars(
+        select(ProjectionRecord)
+        .where(
+            ProjectionRecord.embedding_model_id == embedding_model_id,
+            ProjectionRecord.dims == dims,
+            ProjectionRecord.power == power,
+        )
+        .order_by(ProjectionRecord.created_at.desc())
+        .limit(1)
+    ).first()
+    if record is not None and not refit:
+        return f"{embedding_model_id}{SPACE_SEPARATOR}{record.tag}"
+    if not fit:
+        return embedding_model_id
+    vectors = load_vectors(session, embedding_model_id)
+    if len(vectors.ids) < 2 * dims:
+        return (
+            embedding_model_id
+            if record is None
+            else (f"{embedding_model_id}{SPACE_SEPARATOR}{record.tag}")
+        )
+    projection = fit_projection(vectors.vectors, dims, power)
+    if session.get(ProjectionRecord, projection.tag) is None:
+        session.add(
+            ProjectionRecord(
+                tag=projection.tag,
+                embedding_model_id=embedding_model_id,
+                dims=dims,
+                power=power,
+                fitted_on=len(vectors.ids),
+                data=projection.to_bytes(),
+            )
+        )
+        session.flush()
+    return f"{embedding_model_id}{SPACE_SEPARATOR}{projection.tag}"
+
+
+def project_queries(session: Session, model_id: str, vectors: np.ndarray) -> np.ndarray:
+    """Outside vectors (a search photo) into the space ``model_id`` names."""
+    _, _, tag = model_id.partition(SPACE_SEPARATOR)
+    return get_projection(session, tag).apply(vectors) if tag else vectors
 
 
 def load_lists(
@@ -262,17 +347,7 @@ def refresh_neighbours(session: Session, model_id: str, k: int, block_size: int)
         Neighbours(fresh.positions[rows], fresh.scores[rows]),
         model_id,
     )
-    orphans = list(
-        session.scalars(
-            select(Neighbour.product_id)
-            .distinct()
-            .where(
-                Neighbour.product_id.not_in(
-                    select(Embedding.product_id).where(Embedding.model_id == model_id)
-                )
-            )
-        )
-    )
+    orphans = sorted(_listed_any(session) - set(vectors.ids))
     for chunk in _chunks(orphans):
         session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
     return len(changed_ids) + len(orphans)
@@ -286,6 +361,10 @@ def lists_mentioning(session: Session, product_ids: Iterable[str]) -> set[str]:
             session.scalars(select(Neighbour.product_id).where(Neighbour.neighbour_id.in_(chunk)))
         )
     return found
+
+
+def _listed_any(session: Session) -> set[str]:
+    return set(session.scalars(select(Neighbour.product_id).where(Neighbour.rank == 1)))
 
 
 def _listed(session: Session, model_id: str) -> set[str]:
@@ -451,6 +530,7 @@ class IndexSummary:
     failed: int
     skipped: int
     lists_written: int
+    model_id: str
 
 
 def index_catalogue(
@@ -463,6 +543,9 @@ def index_catalogue(
     batch_size: int,
     workers: int,
     job: Job | None = None,
+    pca_dims: int = 0,
+    pca_power: float = 1.0,
+    refit: bool = False,
 ) -> Iterator[IndexProgress | IndexSummary]:
     """Index catalogue ``items``: sync products, embed what is missing, refresh the table.
 
@@ -487,17 +570,18 @@ def index_catalogue(
             job.done = done
         yield IndexProgress("embedding", done, len(pending), failed, batch.size)
 
-    written = refresh_neighbours(session, encoder.model_id, k, block_size)
-    summary = IndexSummary(synced, done - failed, failed, skipped, written)
+    space = resolve_space(session, encoder.model_id, pca_dims, pca_power, refit=refit)
+    written = refresh_neighbours(session, space, k, block_size)
+    summary = IndexSummary(synced, done - failed, failed, skipped, written, space)
     if job is not None:
-        finish_job(job, result=summary_dict(summary, encoder.model_id))
+        finish_job(job, result=summary_dict(summary))
     yield IndexProgress("neighbours", written, written)
     yield summary
 
 
-def summary_dict(summary: IndexSummary, model_id: str) -> dict[str, object]:
+def summary_dict(summary: IndexSummary) -> dict[str, object]:
     return {
-        "model_id": model_id,
+        "model_id": summary.model_id,
         "products_added": summary.products.added,
         "products_changed": summary.products.changed,
         "embedded": summary.embedded,

@@ -112,6 +112,25 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
 
 
+class ProjectionRecord(Base):
+    """A projection (PCA whitening) fitted on one model's vectors of this catalogue.
+
+    Lists built with it carry ``<embedding model id>|<tag>`` as their model id.
+    """
+
+    __tablename__ = "projections"
+
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    embedding_model_id: Mapped[str] = mapped_column(String(MODEL_ID_LENGTH))
+    dims: Mapped[int] = mapped_column(Integer)
+    power: Mapped[float] = mapped_column(Float)
+    fitted_on: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_projections_embedding_model_id", "embedding_model_id"),)
+
+
 class JobChunk(Base):
     """One slice of an index job's products, run as one task; its progress is set, never
     incremented, so a chunk that runs twice counts once."""

@@ -22,13 +22,16 @@ from core.indexing import (
     embed_pending,
     load_vectors,
     pending_products,
+    project_queries,
     refresh_neighbours,
+    resolve_space,
     update_neighbours,
 )
 from core.jobs import finish_job, record_failures, start_job
 from core.models import Job, JobChunk, Product
 from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +141,21 @@ def finish_chunk(session: Session, job_id: str, chunk_no: int) -> bool:
     return True
 
 
-def finalise_index(session: Session, job_id: str, model_id: str, k: int, block_size: int) -> None:
+def _space(session: Session, model_id: str, settings: Settings, **options: bool) -> str:
+    return resolve_space(session, model_id, settings.pca_dims, settings.pca_power, **options)
+
+
+def finalise_index(session: Session, job_id: str, model_id: str, settings: Settings) -> None:
     """Build the neighbour table once every chunk of an index job is embedded."""
     job = get_job(session, job_id)
     if job.state not in ("finalising", "running"):
         return
     started = time.perf_counter()
     lock_neighbour_table(session)
-    written = refresh_neighbours(session, model_id, k, block_size)
+    space = _space(session, model_id, settings, refit=bool(job.params.get("refit")))
+    written = refresh_neighbours(session, space, settings.neighbours, settings.block_size)
     errors = job.total - _embedded_count(session, job_id, model_id)
-    finish_job(job, result={"model_id": model_id, "lists_written": written, "failed": errors})
+    finish_job(job, result={"model_id": space, "lists_written": written, "failed": errors})
     log.info(
         "index done job=%s products=%d lists_written=%d seconds=%.1f",
         job_id,
@@ -158,14 +166,9 @@ def finalise_index(session: Session, job_id: str, model_id: str, k: int, block_s
 
 
 def _embedded_count(session: Session, job_id: str, model_id: str) -> int:
-    from core.indexing import pending_products as pending
-
-    ids = [
-        pid
-        for chunk in session.scalars(select(JobChunk.product_ids).where(JobChunk.job_id == job_id))
-        for pid in chunk
-    ]
-    return len(ids) - len(pending(session, model_id, ids))
+    chunks = session.scalars(select(JobChunk.product_ids).where(JobChunk.job_id == job_id))
+    ids = [pid for chunk in chunks for pid in chunk]
+    return len(ids) - len(pending_products(session, model_id, ids))
 
 
 # --- add, delete ---------------------------------------------------------------------------
@@ -186,16 +189,21 @@ def embed_job_products(
         yield job.done
 
 
-def link_job_products(session: Session, job_id: str, model_id: str, k: int, block_size: int) -> int:
+def link_job_products(session: Session, job_id: str, model_id: str, settings: Settings) -> int:
     """Give an add-products job's products their lists and update every list they enter."""
     job = get_job(session, job_id)
     lock_neighbour_table(session)
     started = time.perf_counter()
+    space = _space(session, model_id, settings)
     written = update_neighbours(
-        session, model_id, k, block_size, stale_ids=job.params.get("replaced", [])
+        session,
+        space,
+        settings.neighbours,
+        settings.block_size,
+        stale_ids=job.params.get("replaced", []),
     )
     failed = len(pending_products(session, model_id, job.params.get("product_ids", [])))
-    finish_job(job, result={"model_id": model_id, "lists_written": written, "failed": failed})
+    finish_job(job, result={"model_id": space, "lists_written": written, "failed": failed})
     log.info(
         "add done job=%s products=%d failed=%d lists_written=%d seconds=%.1f",
         job_id,
@@ -207,15 +215,14 @@ def link_job_products(session: Session, job_id: str, model_id: str, k: int, bloc
     return written
 
 
-def delete_job_products(
-    session: Session, job_id: str, model_id: str, k: int, block_size: int
-) -> int:
+def delete_job_products(session: Session, job_id: str, model_id: str, settings: Settings) -> int:
     """Delete a job's products and repair every list that held them."""
     job = get_job(session, job_id)
     ids: list[str] = list(job.params.get("product_ids", []))
     start_job(job, total=len(ids))
     lock_neighbour_table(session)
-    written = delete_products(session, ids, model_id, k, block_size)
+    space = _space(session, model_id, settings)
+    written = delete_products(session, ids, space, settings.neighbours, settings.block_size)
     job.done = len(ids)
     finish_job(job, result={"deleted": ids, "lists_written": written})
     log.info("delete done job=%s products=%d lists_written=%d", job_id, len(ids), written)
@@ -226,7 +233,7 @@ def delete_job_products(
 
 
 def search_job(
-    session: Session, encoder: ImageEncoder, job_id: str, k: int, block_size: int
+    session: Session, encoder: ImageEncoder, job_id: str, settings: Settings
 ) -> dict[str, Any]:
     """Embed a search job's photo and find its top-k in the catalogue, without adding it."""
     job = get_job(session, job_id)
@@ -240,8 +247,15 @@ def search_job(
         record_failures(session, job_id, [ImageFailure("", name, exc.message)])
         finish_job(job, error=f"{name}: {exc.message}")
         return {}
-    vectors = load_vectors(session, encoder.model_id)
-    found = search(vectors.vectors, query, k, block_size) if vectors.ids else None
+    # The space the stored lists live in; a search never fits a projection.
+    space = _space(session, encoder.model_id, settings, fit=False)
+    vectors = load_vectors(session, space)
+    query = project_queries(session, space, query)
+    found = (
+        search(vectors.vectors, query, settings.neighbours, settings.block_size)
+        if vectors.ids
+        else None
+    )
     hits: list[dict[str, Any]] = []
     if found is not None:
         ids = [vectors.ids[pos] for pos in found.positions[0] if pos != NO_NEIGHBOUR]
@@ -260,7 +274,7 @@ def search_job(
                     **(product.meta or {}),
                 }
             )
-    result = {"model_id": encoder.model_id, "neighbours": hits}
+    result = {"model_id": space, "neighbours": hits}
     job.done = 1
     finish_job(job, result=result)
     log.info(

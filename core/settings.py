@@ -38,6 +38,15 @@ class Settings(BaseSettings):
         description="Arithmetic of the model: bfloat16 is several times faster on CPUs with "
         "AMX/AVX-512 BF16, at a small cost in agreement (see BENCHMARKS.md).",
     )
+    pca_dims: int = Field(
+        default=0,
+        ge=0,
+        description="PCA-whitening dimensions learned from the catalogue's own vectors (0: off). "
+        "Fitted once, stored with the index; refitted only by `lookalike index --refit`.",
+    )
+    pca_power: float = Field(
+        default=1.0, gt=0, description="Signed power applied after whitening (0.5: square root)."
+    )
     batch_size: int = Field(default=16, ge=1, description="Images per model call.")
     decode_workers: int = Field(default=2, ge=1, description="Threads that decode images.")
     neighbours: int = Field(default=10, ge=1, description="k: neighbours kept per product.")

@@ -54,10 +54,6 @@ class JobTask(Task):
             pass
 
 
-def _settings() -> Any:
-    return get_runtime().settings
-
-
 @shared_task(name="lookalike.index_chunk", base=JobTask)
 def index_chunk(job_id: str, chunk_no: int) -> None:
     runtime = get_runtime()
@@ -77,13 +73,7 @@ def index_chunk(job_id: str, chunk_no: int) -> None:
 def finalise_index_task(job_id: str) -> None:
     runtime = get_runtime()
     with runtime.session() as session:
-        finalise_index(
-            session,
-            job_id,
-            runtime.encoder.model_id,
-            _settings().neighbours,
-            _settings().block_size,
-        )
+        finalise_index(session, job_id, runtime.encoder.model_id, runtime.settings)
         session.commit()
 
 
@@ -96,7 +86,7 @@ def add_products(job_id: str) -> None:
             session, runtime.encoder, job_id, s.batch_size, s.decode_workers
         ):
             session.commit()
-        link_job_products(session, job_id, runtime.encoder.model_id, s.neighbours, s.block_size)
+        link_job_products(session, job_id, runtime.encoder.model_id, s)
         session.commit()
 
 
@@ -105,7 +95,7 @@ def delete_products(job_id: str) -> None:
     runtime = get_runtime()
     s = runtime.settings
     with runtime.session() as session:
-        delete_job_products(session, job_id, runtime.encoder.model_id, s.neighbours, s.block_size)
+        delete_job_products(session, job_id, runtime.encoder.model_id, s)
         session.commit()
 
 
@@ -114,5 +104,5 @@ def search(job_id: str) -> None:
     runtime = get_runtime()
     s = runtime.settings
     with runtime.session() as session:
-        search_job(session, runtime.encoder, job_id, s.neighbours, s.block_size)
+        search_job(session, runtime.encoder, job_id, s)
         session.commit()

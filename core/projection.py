@@ -1,0 +1,66 @@
+"""Post-processing learned from the catalogue itself, without labels: PCA whitening with
+dimension reduction, then signed power normalisation and L2.
+
+A fitted projection is stored with the index and is part of the model id of every list built
+with it. It is re-fitted only by an explicit rebuild, so incremental adds project newcomers with
+the very same parameters and stay exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.encoder import l2_normalise
+
+
+@dataclass(frozen=True)
+class Projection:
+    mean: np.ndarray  # (d,)
+    components: np.ndarray  # (dims, d), rows scaled by 1/sqrt(variance): whitening
+    power: float
+
+    @property
+    def dims(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def tag(self) -> str:
+        """Short, content-derived name: part of the model id of lists built with it."""
+        digest = hashlib.sha256(self.to_bytes()).hexdigest()[:10]
+        return f"pcaw{self.dims}-p{self.power:g}-{digest}"
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        centred = np.asarray(vectors, dtype=np.float64) - self.mean
+        projected = centred @ self.components.T
+        powered = np.sign(projected) * np.abs(projected) ** self.power
+        return l2_normalise(powered)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean, components=self.components, power=self.power)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Projection:
+        with np.load(io.BytesIO(data)) as arrays:
+            return cls(arrays["mean"], arrays["components"], float(arrays["power"]))
+
+
+def fit_projection(vectors: np.ndarray, dims: int, power: float, eps: float = 1e-6) -> Projection:
+    """PCA of the catalogue's own vectors, whitened, keeping ``dims`` dimensions.
+
+    Deterministic for the same vectors (full SVD, signs fixed by the largest loading).
+    """
+    data = np.asarray(vectors, dtype=np.float64)
+    mean = data.mean(axis=0)
+    _, singular, vt = np.linalg.svd(data - mean, full_matrices=False)
+    dims = min(dims, vt.shape[0])
+    vt = vt[:dims]
+    signs = np.sign(vt[np.arange(dims), np.abs(vt).argmax(axis=1)])
+    vt = vt * signs[:, None]
+    variance = singular[:dims] ** 2 / max(len(data) - 1, 1)
+    return Projection(mean, vt / np.sqrt(variance + eps)[:, None], power)
