@@ -74,3 +74,61 @@ def record(title: str, table: str, notes: str = "") -> None:
     print(block)
     with BENCHMARKS.open("a") as handle:
         handle.write(block)
+
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# Settings that say where things live: each benchmark sets its own.
+_PLACES = (
+    "LOOKALIKE_DATABASE_URL",
+    "LOOKALIKE_BROKER_URL",
+    "LOOKALIKE_QUEUE",
+    "LOOKALIKE_MEDIA_DIR",
+)
+
+
+def lookalike_env(**overrides: str) -> dict[str, str]:
+    """This process's environment for a `lookalike` child: the model settings kept, the
+    places replaced by ``overrides``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in _PLACES}
+    env.update(PYTHONPATH=str(ROOT), **overrides)
+    return env
+
+
+def create_database() -> str:
+    """A new, empty PostgreSQL database on 127.0.0.1; returns its URL."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"lookalike_bench_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        name = url.rsplit("/", 1)[1]
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def index_in_process(folder: Path, env: dict[str, str]) -> None:
+    """`lookalike index FOLDER` in a child process, on the database ``env`` names."""
+    import sys
+
+    print("indexing", folder, "into", env["LOOKALIKE_DATABASE_URL"], flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "core.cli", "index", str(folder)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

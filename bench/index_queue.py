@@ -23,9 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, record, unpacked
-
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from bench.common import create_database, drop_database, lookalike_env, record, unpacked
 
 
 def _peak_mib(pid: int) -> float:
@@ -51,19 +49,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from sqlalchemy import create_engine, text
-
     work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
     folder = unpacked(args.dataset, work / "data")
     count = len(list((folder / "images").iterdir()))
-    name = f"lookalike_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_DATABASE_URL"}
-    env.update(
-        PYTHONPATH=str(ROOT),
+    url = create_database()
+    env = lookalike_env(
         LOOKALIKE_DATABASE_URL=url,
         LOOKALIKE_BROKER_URL=os.environ.get("LOOKALIKE_BROKER_URL", "redis://127.0.0.1:6379/0"),
         LOOKALIKE_QUEUE=f"lookalike-bench-{uuid.uuid4().hex[:6]}",
@@ -115,8 +105,7 @@ def main() -> None:
         for process in workers:
             process.wait(timeout=60)
         if not args.keep_database:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            drop_database(url)
     summary = done.stdout.strip().splitlines()[-1]
     memory = ", ".join(f"{label}: {mib:,.0f} MiB" for label, mib in peaks.items())
     worst = max([cli_peak, *peaks.values()])

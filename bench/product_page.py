@@ -14,10 +14,8 @@ Without --database-url, fashion-dev is indexed in-process into a SQLite file fir
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, record, unpacked
+from bench.common import index_in_process, lookalike_env, record, unpacked
 from core.models import Neighbour, Product
 from web import create_app
 from web.api import db
@@ -36,17 +34,9 @@ TARGET_MS = 100.0
 
 
 def _index_fashion_dev(work: Path) -> str:
-    folder = unpacked("fashion-dev", work / "data")
     url = f"sqlite:///{work / 'lookalike.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-    env.update(LOOKALIKE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
-    print("indexing fashion-dev in-process into", url, flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "core.cli", "index", str(folder)],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    index_in_process(
+        unpacked("fashion-dev", work / "data"), lookalike_env(LOOKALIKE_DATABASE_URL=url)
     )
     return url
 

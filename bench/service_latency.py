@@ -25,9 +25,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, record, unpacked
-
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from bench.common import create_database, index_in_process, lookalike_env, record, unpacked
 
 
 def _free_port() -> int:
@@ -46,17 +44,6 @@ def _wait(url: str, timeout: float = 120) -> None:
             pass
         time.sleep(0.2)
     sys.exit(f"{url} did not answer in {timeout}s")
-
-
-def _create_database() -> str:
-    from sqlalchemy import create_engine, text
-
-    name = f"lookalike_bench_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _timed_job(
@@ -85,22 +72,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
     folder = unpacked("fashion-dev", work / "data")
-    url = args.database_url or _create_database()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-    env.update(
-        LOOKALIKE_DATABASE_URL=url,
-        PYTHONPATH=str(ROOT),
-        LOOKALIKE_WEIGHTS=os.environ.get("LOOKALIKE_WEIGHTS", "auto"),
-    )
+    url = args.database_url or create_database()
+    env = lookalike_env(LOOKALIKE_DATABASE_URL=url)
     if not args.database_url:
-        print("indexing fashion-dev in-process into", url, flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "core.cli", "index", str(folder)],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        index_in_process(folder, env)
     env.update(
         LOOKALIKE_BROKER_URL="redis://127.0.0.1:6379/0",
         LOOKALIKE_QUEUE=f"lookalike-bench-{uuid.uuid4().hex[:6]}",

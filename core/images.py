@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,21 +44,9 @@ def check_image(source: ImageSource, max_pixels: int) -> tuple[str, int, int]:
     Raises:
         InvalidImage: not an image Pillow knows, or larger than ``max_pixels``.
     """
-    try:
-        # Pillow's bomb warning uses a process-wide limit; ours is per call and always raises.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open(source) as img:
-                width, height = img.size
-                fmt = img.format or "unknown"
-    except InvalidImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise InvalidImage(f"image too large (possible decompression bomb): {exc}") from None
-    except UnidentifiedImageError:
-        raise InvalidImage("not an image Pillow can identify") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidImage(f"unreadable image: {exc}") from None
+    with _pillow_errors(), _open(source) as img:
+        width, height = img.size
+        fmt = img.format or "unknown"
     _check_pixels(width, height, max_pixels)
     return fmt, width, height
 
@@ -99,15 +89,21 @@ def load_rgb(source: ImageSource, max_pixels: int) -> Image.Image:
     Raises:
         InvalidImage: empty, not an image, truncated, corrupt, or over ``max_pixels``.
     """
+    with _pillow_errors():
+        img = _open(source)
+        _check_pixels(img.width, img.height, max_pixels)
+        img.load()
+        return _to_rgb(ImageOps.exif_transpose(img))
+
+
+@contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Pillow's many exceptions, as one InvalidImage with a message a person understands."""
     try:
         # Pillow's bomb warning uses a process-wide limit; ours is per call and always raises.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = _open(source)
-            _check_pixels(img.width, img.height, max_pixels)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            yield
     except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
