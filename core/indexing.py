@@ -11,7 +11,7 @@ import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import and_, delete, func, insert, select
@@ -479,10 +479,23 @@ def delete_products(
     return update_neighbours(session, model_id, k, block_size, repair_ids=affected)
 
 
+@dataclass(frozen=True)
+class ProductSummary:
+    """What a neighbour list shows of a product: its id and metadata."""
+
+    id: str
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str | None:
+        value = self.meta.get("productDisplayName") if self.meta else None
+        return str(value) if value is not None else None
+
+
 @dataclass
 class SimilarProduct:
     rank: int
-    product: Product
+    product: ProductSummary
     score: float
 
 
@@ -496,13 +509,17 @@ def similar_products(session: Session, product_id: str) -> tuple[Product, list[S
     product = session.get(Product, product_id)
     if product is None:
         raise ProductNotFound(product_id)
+    # Plain rows, not ORM objects: this is the storefront's hot path.
     rows = session.execute(
-        select(Neighbour.rank, Neighbour.score, Product)
+        select(Neighbour.rank, Neighbour.score, Product.id, Product.meta)
         .join(Product, Product.id == Neighbour.neighbour_id)
         .where(Neighbour.product_id == product_id)
         .order_by(Neighbour.rank)
     ).all()
-    neighbours = [SimilarProduct(rank, other, score) for rank, score, other in rows]
+    neighbours = [
+        SimilarProduct(rank, ProductSummary(pid, meta or {}), score)
+        for rank, score, pid, meta in rows
+    ]
     if not neighbours:
         count = session.scalar(
             select(func.count()).select_from(Embedding).where(Embedding.product_id == product_id)

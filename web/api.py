@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.catalogue_queries import browse_products
 from core.errors import InvalidRequest, ProductNotFound, QueueUnavailable, Unauthorized
-from core.indexing import similar_products
+from core.indexing import ProductSummary, similar_products
 from core.jobs import create_job, finish_job, job_errors
 from core.models import Job, Product
 from core.services import get_job
@@ -56,7 +56,7 @@ def accepted(job: Job, **extra: Any) -> Any:
     return jsonify(body), 202, {"Location": body["status_url"]}
 
 
-def product_json(product: Product) -> dict[str, Any]:
+def product_json(product: Product | ProductSummary) -> dict[str, Any]:
     return {
         "id": product.id,
         **(product.meta or {}),
