@@ -98,6 +98,7 @@ def index(settings: Settings, path: Path | None, stored: bool, refit: bool) -> N
             job=job,
             pca_dims=settings.pca_dims,
             pca_power=settings.pca_power,
+            pca_whiten=settings.pca_whiten,
             refit=refit,
         )
         bar: tqdm[Any] | None = None

@@ -14,12 +14,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from core.errors import WeightsUnavailable
 from core.images import ImageSource, load_pixels
+from core.pooling import pooling_function
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,24 +62,27 @@ class ModelSpec:
 
     weights: WeightsKind
     weights_tag: str
-    layer: str
-    pooling: str
+    layers: tuple[str, ...]
+    poolings: tuple[str, ...]  # one per layer; "none" for fc layers
     input_size: int
     weights_path: str | None = None
     precision: str = "float32"
+    feature_power: float = 1.0
+    resize: str = "stretch"
 
     @property
     def model_id(self) -> str:
-        pooling = "none" if self.layer in TOP_LAYERS else self.pooling
+        power = "" if self.feature_power == 1.0 else f"^{self.feature_power:g}"
         suffix = "" if self.precision == "float32" else f":{self.precision}"
         return (
-            f"vgg16:{self.weights_tag}:{self.layer}:{pooling}:{self.input_size}:"
-            f"{PREPROCESSING}{suffix}"
+            f"vgg16:{self.weights_tag}:{'+'.join(self.layers)}:"
+            f"{'+'.join(p + power for p in self.poolings)}:{self.input_size}:"
+            f"caffe-{self.resize}-bilinear{suffix}"
         )
 
     @property
     def include_top(self) -> bool:
-        return self.layer in TOP_LAYERS
+        return any(layer in TOP_LAYERS for layer in self.layers)
 
 
 def keras_cache_dir() -> Path:
@@ -165,22 +169,37 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         path = str(weights_file.resolve())
         has_top = _h5_has_layer(weights_file, "fc2")
 
-    layer = settings.layer
-    if layer == "auto":
-        layer = "fc2" if has_top else "block5_conv3"
-    if layer in TOP_LAYERS:
+    layers = tuple(settings.layer.split("+"))
+    if layers == ("auto",):
+        layers = ("fc2",) if has_top else ("block4_conv3",)
+    top = [layer for layer in layers if layer in TOP_LAYERS]
+    size = settings.input_size or (224 if top else 112)
+    if top:
         if not has_top:
-            raise WeightsUnavailable(f"layer {layer} needs top weights, which {tag} lacks")
-        if settings.input_size != 224:
-            raise WeightsUnavailable(f"layer {layer} needs input_size 224")
+            raise WeightsUnavailable(f"layer {top[0]} needs top weights, which {tag} lacks")
+        if len(layers) > 1 or size != 224:
+            raise WeightsUnavailable(f"layer {top[0]} stands alone, with input_size 224")
+        poolings: tuple[str, ...] = ("none",)
+    else:
+        names = settings.pooling.split("+")
+        if len(names) not in (1, len(layers)):
+            raise WeightsUnavailable(
+                f"{len(names)} poolings for {len(layers)} layers: give one, or one per layer"
+            )
+        names = names * len(layers) if len(names) == 1 else names
+        poolings = tuple(f"gem{settings.gem_power:g}" if n == "gem" else n for n in names)
+        for name in poolings:
+            pooling_function(name)  # unknown names fail here, not in a worker
     return ModelSpec(
         weights=kind,
         weights_tag=tag,
-        layer=layer,
-        pooling=settings.pooling if settings.pooling != "gem" else f"gem{settings.gem_power:g}",
-        input_size=settings.input_size,
+        layers=layers,
+        poolings=poolings,
+        input_size=size,
         weights_path=path,
         precision=settings.precision,
+        feature_power=settings.feature_power if not top else 1.0,
+        resize=settings.resize,
     )
 
 
@@ -248,11 +267,12 @@ class VGG16Encoder:
         finally:
             keras.config.set_dtype_policy(previous_policy)
 
-        features = base.get_layer(spec.layer).output
-        if not spec.include_top:
-            features = _pooling_layer(spec.pooling)(features)
-        self._model = keras.Model(base.input, features, name="lookalike_vgg16")
-        self.dim = int(self._model.output_shape[-1])
+        outputs = [base.get_layer(layer).output for layer in spec.layers]
+        self._model = keras.Model(base.input, outputs, name="lookalike_vgg16")
+        self._pools = [
+            None if pooling == "none" else pooling_function(pooling) for pooling in spec.poolings
+        ]
+        self.dim = sum(int(output.shape[-1]) for output in outputs)
         log.info("loaded encoder %s (%d dimensions)", self.model_id, self.dim)
 
     @property
@@ -261,34 +281,25 @@ class VGG16Encoder:
 
     def prepare(self, source: ImageSource) -> np.ndarray:
         size = self.spec.input_size
-        pixels = load_pixels(source, (size, size), self.max_pixels).astype(np.float32)
-        return np.asarray(self._preprocess(pixels), dtype=np.float32)
+        pixels = load_pixels(source, (size, size), self.max_pixels, self.spec.resize)
+        return np.asarray(self._preprocess(pixels.astype(np.float32)), dtype=np.float32)
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Each layer pooled (float32), raised to the feature power and L2-normalised; the
+        parts concatenated and L2-normalised again."""
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = self._model.predict_on_batch(np.asarray(batch, dtype=np.float32))
-        return l2_normalise(np.asarray(out))
-
-
-def _pooling_layer(pooling: str) -> Any:
-    import keras
-
-    # Pooling always in float32, whatever the precision of the convolutions.
-    if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="pool_avg", dtype="float32")
-    if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="pool_max", dtype="float32")
-    if pooling.startswith("gem"):
-        power = float(pooling[3:])
-        ops = keras.ops
-
-        def gem(x: Any) -> Any:
-            pooled = ops.mean(ops.power(ops.maximum(x, 1e-6), power), axis=(1, 2))
-            return ops.power(pooled, 1.0 / power)
-
-        return keras.layers.Lambda(gem, name=f"pool_gem{power:g}", dtype="float32")
-    raise ValueError(f"unknown pooling {pooling!r}")
+        outputs = self._model.predict_on_batch(np.asarray(batch, dtype=np.float32))
+        if not isinstance(outputs, list | tuple):
+            outputs = [outputs]
+        parts = []
+        for pool, output in zip(self._pools, outputs, strict=True):
+            maps = np.asarray(output, dtype=np.float32)
+            pooled = maps if pool is None else pool(maps)
+            if self.spec.feature_power != 1.0:
+                pooled = np.power(np.maximum(pooled, 0.0), self.spec.feature_power)
+            parts.append(l2_normalise(pooled))
+        return l2_normalise(np.concatenate(parts, axis=1))
 
 
 class PixelEncoder:

@@ -119,9 +119,17 @@ def _pillow_errors() -> Iterator[None]:
         raise InvalidImage(f"corrupt image: {exc}") from None
 
 
-def load_pixels(source: ImageSource, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """Decode and stretch a photo to ``size`` (width, height): a uint8 array (height, width, 3)."""
+def load_pixels(
+    source: ImageSource, size: tuple[int, int], max_pixels: int, resize: str = "stretch"
+) -> np.ndarray:
+    """Decode a photo and bring it to ``size`` (width, height): stretched, or with ``pad``
+    centred on a white square first. A uint8 array (height, width, 3)."""
     img = load_rgb(source, max_pixels)
+    if resize == "pad" and img.width != img.height:
+        side = max(img.size)
+        canvas = Image.new("RGB", (side, side), _WHITE)
+        canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        img = canvas
     if img.size != size:
         img = img.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)

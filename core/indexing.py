@@ -220,6 +220,7 @@ def resolve_space(
     power: float,
     refit: bool = False,
     fit: bool = True,
+    whiten: float = 1.0,
 ) -> str:
     """The model id neighbour lists are built in: the embedding model's own vectors, or those
     vectors through the stored PCA-whitening projection of this catalogue.
@@ -236,6 +237,7 @@ def resolve_space(
             ProjectionRecord.embedding_model_id == embedding_model_id,
             ProjectionRecord.dims == dims,
             ProjectionRecord.power == power,
+            ProjectionRecord.whiten == whiten,
         )
         .order_by(ProjectionRecord.created_at.desc())
         .limit(1)
@@ -251,13 +253,14 @@ def resolve_space(
             if record is None
             else (f"{embedding_model_id}{SPACE_SEPARATOR}{record.tag}")
         )
-    projection = fit_projection(vectors.vectors, dims, power)
+    projection = fit_projection(vectors.vectors, dims, power, whiten)
     if session.get(ProjectionRecord, projection.tag) is None:
         session.add(
             ProjectionRecord(
                 tag=projection.tag,
                 embedding_model_id=embedding_model_id,
                 dims=dims,
+                whiten=whiten,
                 power=power,
                 fitted_on=len(vectors.ids),
                 data=projection.to_bytes(),
@@ -562,6 +565,7 @@ def index_catalogue(
     job: Job | None = None,
     pca_dims: int = 0,
     pca_power: float = 1.0,
+    pca_whiten: float = 1.0,
     refit: bool = False,
 ) -> Iterator[IndexProgress | IndexSummary]:
     """Index catalogue ``items``: sync products, embed what is missing, refresh the table.
@@ -587,7 +591,9 @@ def index_catalogue(
             job.done = done
         yield IndexProgress("embedding", done, len(pending), failed, batch.size)
 
-    space = resolve_space(session, encoder.model_id, pca_dims, pca_power, refit=refit)
+    space = resolve_space(
+        session, encoder.model_id, pca_dims, pca_power, refit=refit, whiten=pca_whiten
+    )
     written = refresh_neighbours(session, space, k, block_size)
     summary = IndexSummary(synced, done - failed, failed, skipped, written, space)
     if job is not None:

@@ -123,6 +123,7 @@ class ProjectionRecord(Base):
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
     embedding_model_id: Mapped[str] = mapped_column(String(MODEL_ID_LENGTH))
     dims: Mapped[int] = mapped_column(Integer)
+    whiten: Mapped[float] = mapped_column(Float)
     power: Mapped[float] = mapped_column(Float)
     fitted_on: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)

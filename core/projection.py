@@ -20,8 +20,9 @@ from core.encoder import l2_normalise
 @dataclass(frozen=True)
 class Projection:
     mean: np.ndarray  # (d,)
-    components: np.ndarray  # (dims, d), rows scaled by 1/sqrt(variance): whitening
+    components: np.ndarray  # (dims, d), rows scaled by variance^(-whiten/2)
     power: float
+    whiten: float = 1.0
 
     @property
     def dims(self) -> int:
@@ -31,7 +32,7 @@ class Projection:
     def tag(self) -> str:
         """Short, content-derived name: part of the model id of lists built with it."""
         digest = hashlib.sha256(self.to_bytes()).hexdigest()[:10]
-        return f"pcaw{self.dims}-p{self.power:g}-{digest}"
+        return f"pca{self.dims}-w{self.whiten:g}-p{self.power:g}-{digest}"
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         centred = np.asarray(vectors, dtype=np.float64) - self.mean
@@ -41,17 +42,31 @@ class Projection:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean, components=self.components, power=self.power)
+        np.savez(
+            buffer,
+            mean=self.mean,
+            components=self.components,
+            power=self.power,
+            whiten=self.whiten,
+        )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Projection:
         with np.load(io.BytesIO(data)) as arrays:
-            return cls(arrays["mean"], arrays["components"], float(arrays["power"]))
+            return cls(
+                arrays["mean"],
+                arrays["components"],
+                float(arrays["power"]),
+                float(arrays["whiten"]),
+            )
 
 
-def fit_projection(vectors: np.ndarray, dims: int, power: float, eps: float = 1e-6) -> Projection:
-    """PCA of the catalogue's own vectors, whitened, keeping ``dims`` dimensions.
+def fit_projection(
+    vectors: np.ndarray, dims: int, power: float, whiten: float = 1.0, eps: float = 1e-12
+) -> Projection:
+    """PCA of the catalogue's own vectors keeping ``dims`` dimensions, each divided by its
+    variance to the power ``whiten / 2`` (1: full whitening).
 
     Deterministic for the same vectors (full SVD, signs fixed by the largest loading).
     """
@@ -63,4 +78,5 @@ def fit_projection(vectors: np.ndarray, dims: int, power: float, eps: float = 1e
     signs = np.sign(vt[np.arange(dims), np.abs(vt).argmax(axis=1)])
     vt = vt * signs[:, None]
     variance = singular[:dims] ** 2 / max(len(data) - 1, 1)
-    return Projection(mean, vt / np.sqrt(variance + eps)[:, None], power)
+    scale = np.power(np.maximum(variance, eps), -whiten / 2)
+    return Projection(mean, vt * scale[:, None], power, whiten)

@@ -142,7 +142,14 @@ def finish_chunk(session: Session, job_id: str, chunk_no: int) -> bool:
 
 
 def _space(session: Session, model_id: str, settings: Settings, **options: bool) -> str:
-    return resolve_space(session, model_id, settings.pca_dims, settings.pca_power, **options)
+    return resolve_space(
+        session,
+        model_id,
+        settings.pca_dims,
+        settings.pca_power,
+        whiten=settings.pca_whiten,
+        **options,
+    )
 
 
 def finalise_index(session: Session, job_id: str, model_id: str, settings: Settings) -> None:

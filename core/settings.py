@@ -25,24 +25,43 @@ class Settings(BaseSettings):
     )
     layer: str = Field(
         default="auto",
-        description="Feature layer: 'fc2' (needs top weights) or a convolutional layer such as "
-        "'block5_conv3'; 'auto' takes fc2 when top weights exist, else block5_conv3.",
+        description="Feature layer(s): 'fc2' (needs top weights) or convolutional layers such as "
+        "'block4_conv3', several joined by '+'; 'auto' takes fc2 when top weights exist, else "
+        "block4_conv3 (the best measured on the bundled weights, QUALITY.md).",
     )
-    pooling: Literal["avg", "max", "gem"] = Field(
-        default="avg", description="Global pooling of a convolutional feature layer."
+    pooling: str = Field(
+        default="gem",
+        description="Global pooling of each convolutional layer: avg, max, gem, rmac or crow "
+        "(one for all, or one per layer joined by '+').",
     )
     gem_power: float = Field(default=3.0, gt=0, description="p of generalised-mean pooling.")
-    input_size: int = Field(default=224, ge=32, description="Square model input, in pixels.")
+    feature_power: float = Field(
+        default=0.5, gt=0, description="Element-wise power of each pooled vector (0.5: sqrt)."
+    )
+    resize: Literal["stretch", "pad"] = Field(
+        default="stretch", description="Photo to square input: stretch, or pad on white."
+    )
+    input_size: int | None = Field(
+        default=None,
+        ge=32,
+        description="Square model input in pixels; unset: 224 for fc layers, else 112.",
+    )
     precision: Literal["float32", "bfloat16"] = Field(
-        default="float32",
+        default="bfloat16",
         description="Arithmetic of the model: bfloat16 is several times faster on CPUs with "
         "AMX/AVX-512 BF16, at a small cost in agreement (see BENCHMARKS.md).",
     )
     pca_dims: int = Field(
-        default=0,
+        default=64,
         ge=0,
         description="PCA-whitening dimensions learned from the catalogue's own vectors (0: off). "
         "Fitted once, stored with the index; refitted only by `lookalike index --refit`.",
+    )
+    pca_whiten: float = Field(
+        default=0.5,
+        ge=0,
+        description="Whitening strength: components divided by variance^(w/2); 1 is full "
+        "whitening, 0 none.",
     )
     pca_power: float = Field(
         default=1.0, gt=0, description="Signed power applied after whitening (0.5: square root)."

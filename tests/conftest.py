@@ -142,7 +142,7 @@ def pixel_encoder() -> PixelEncoder:
 @pytest.fixture(scope="session")
 def vgg_encoder() -> VGG16Encoder:
     """The real VGG16 encoder with the bundled offline weights, loaded once."""
-    return load_encoder(get_settings(weights="bundled", layer="auto"))
+    return load_encoder(get_settings(weights="bundled", precision="float32"))
 
 
 # --- the service: real Redis, real worker processes, PostgreSQL -----------------------------

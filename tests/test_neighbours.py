@@ -79,9 +79,7 @@ def _reference(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     scores = (vectors.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
     np.fill_diagonal(scores, -np.inf)
     positions = np.arange(len(vectors))
-    order = np.array(
-        [np.lexsort((positions, -row.astype(np.float64)))[:k] for row in scores]
-    )
+    order = np.array([np.lexsort((positions, -row.astype(np.float64)))[:k] for row in scores])
     return order, np.take_along_axis(scores, order, axis=1)
 
 

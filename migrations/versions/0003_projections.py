@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("tag", sa.String(length=64), nullable=False),
         sa.Column("embedding_model_id", sa.String(length=255), nullable=False),
         sa.Column("dims", sa.Integer(), nullable=False),
+        sa.Column("whiten", sa.Float(), nullable=False),
         sa.Column("power", sa.Float(), nullable=False),
         sa.Column("fitted_on", sa.Integer(), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
