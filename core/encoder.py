@@ -32,7 +32,6 @@ WeightsKind = Literal["imagenet", "file", "bundled"]
 TOP_LAYERS = ("fc1", "fc2")
 IMAGENET_TOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-PREPROCESSING = "caffe-stretch-bilinear"
 
 
 class ImageEncoder(Protocol):
@@ -77,7 +76,7 @@ class ModelSpec:
         return (
             f"vgg16:{self.weights_tag}:{'+'.join(self.layers)}:"
             f"{'+'.join(p + power for p in self.poolings)}:{self.input_size}:"
-            f"caffe-{self.resize}-bilinear{suffix}"
+            f"caffe-{self.resize}-draft-bilinear{suffix}"
         )
 
     @property
@@ -281,7 +280,7 @@ class VGG16Encoder:
 
     def prepare(self, source: ImageSource) -> np.ndarray:
         size = self.spec.input_size
-        pixels = load_pixels(source, (size, size), self.max_pixels, self.spec.resize)
+        pixels = load_pixels(source, (size, size), self.max_pixels, self.spec.resize, draft=True)
         return np.asarray(self._preprocess(pixels.astype(np.float32)), dtype=np.float32)
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:

