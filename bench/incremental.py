@@ -33,8 +33,8 @@ def main() -> None:
     from sqlalchemy import delete, func, insert, select
 
     from core.db import make_engine, make_sessionmaker
-    from core.indexing import refresh_neighbours, update_neighbours
-    from core.models import Embedding
+    from core.indexing import SPACE_SEPARATOR, refresh_neighbours, update_neighbours
+    from core.models import Embedding, Neighbour
     from core.settings import get_settings
 
     settings = get_settings()
@@ -42,10 +42,15 @@ def main() -> None:
     sessions = make_sessionmaker(make_engine(args.database_url))
     with sessions() as session:
         model_id = session.scalars(
-            select(Embedding.model_id).group_by(Embedding.model_id).order_by(func.count().desc())
+            select(Neighbour.model_id).group_by(Neighbour.model_id).order_by(func.count().desc())
         ).first()
+        assert model_id, "no neighbour lists in that database"
+        # Vectors are stored under the embedding model; the lists live in its projected space.
+        embedding_model = model_id.partition(SPACE_SEPARATOR)[0]
         ids = sorted(
-            session.scalars(select(Embedding.product_id).where(Embedding.model_id == model_id))
+            session.scalars(
+                select(Embedding.product_id).where(Embedding.model_id == embedding_model)
+            )
         )
     rng = np.random.default_rng(1)
     rows = []
@@ -56,13 +61,13 @@ def main() -> None:
                 {c.name: getattr(e, c.name) for c in Embedding.__table__.columns}
                 for e in session.scalars(
                     select(Embedding).where(
-                        Embedding.model_id == model_id, Embedding.product_id.in_(chosen)
+                        Embedding.model_id == embedding_model, Embedding.product_id.in_(chosen)
                     )
                 )
             ]
             session.execute(
                 delete(Embedding).where(
-                    Embedding.model_id == model_id, Embedding.product_id.in_(chosen)
+                    Embedding.model_id == embedding_model, Embedding.product_id.in_(chosen)
                 )
             )
             refresh_neighbours(session, model_id, k, block)  # the catalogue without them

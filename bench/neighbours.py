@@ -96,12 +96,12 @@ def main() -> None:
 
     from core.db import make_engine, make_sessionmaker
     from core.indexing import load_vectors
-    from core.models import Embedding
+    from core.models import Neighbour
 
     sessions = make_sessionmaker(make_engine(args.database_url))
     with sessions() as session:
         model_id = session.scalars(
-            select(Embedding.model_id).group_by(Embedding.model_id).order_by(func.count().desc())
+            select(Neighbour.model_id).group_by(Neighbour.model_id).order_by(func.count().desc())
         ).first()
         assert model_id, "no vectors in that database"
         vectors = load_vectors(session, model_id)
