@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -242,7 +242,6 @@ class VGG16Encoder:
 
         self.spec = spec
         self.max_pixels = max_pixels
-        self._preprocess = vgg16.preprocess_input
         size = spec.input_size
         shape = None if spec.include_top else (size, size, 3)
         previous_policy = keras.config.dtype_policy()
@@ -267,7 +266,13 @@ class VGG16Encoder:
             keras.config.set_dtype_policy(previous_policy)
 
         outputs = [base.get_layer(layer).output for layer in spec.layers]
-        self._model = keras.Model(base.input, outputs, name="lookalike_vgg16")
+        features = keras.Model(base.input, outputs, name="vgg16_features")
+        # Keras' VGG16 "caffe" preprocessing runs in the graph, so decode threads hand over
+        # compact uint8 pixels and do less work beside the model.
+        pixels = keras.Input(shape=(size, size, 3), dtype="uint8", name="pixels")
+        caffe = keras.layers.Lambda(_caffe, name="caffe_preprocess", dtype="float32")(pixels)
+        outputs = features(caffe)
+        self._model = keras.Model(pixels, outputs, name="lookalike_vgg16")
         self._pools = [
             None if pooling == "none" else pooling_function(pooling) for pooling in spec.poolings
         ]
@@ -280,15 +285,14 @@ class VGG16Encoder:
 
     def prepare(self, source: ImageSource) -> np.ndarray:
         size = self.spec.input_size
-        pixels = load_pixels(source, (size, size), self.max_pixels, self.spec.resize, draft=True)
-        return np.asarray(self._preprocess(pixels.astype(np.float32)), dtype=np.float32)
+        return load_pixels(source, (size, size), self.max_pixels, self.spec.resize, draft=True)
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """Each layer pooled (float32), raised to the feature power and L2-normalised; the
         parts concatenated and L2-normalised again."""
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        outputs = self._model.predict_on_batch(np.asarray(batch, dtype=np.float32))
+        outputs = self._model.predict_on_batch(np.asarray(batch, dtype=np.uint8))
         if not isinstance(outputs, list | tuple):
             outputs = [outputs]
         parts = []
@@ -299,6 +303,17 @@ class VGG16Encoder:
                 pooled = np.power(np.maximum(pooled, 0.0), self.spec.feature_power)
             parts.append(l2_normalise(pooled))
         return l2_normalise(np.concatenate(parts, axis=1))
+
+
+def _caffe(pixels: Any) -> Any:
+    """``keras.applications.vgg16.preprocess_input``: RGB to BGR, minus the ImageNet mean."""
+    import keras
+
+    bgr = keras.ops.flip(keras.ops.cast(pixels, "float32"), axis=-1)
+    return bgr - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype="float32")
+
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 class PixelEncoder:
