@@ -26,7 +26,7 @@ def _embed(encoder: VGG16Encoder, root: Path, ids: list[str]) -> dict[str, np.nd
 
 
 def test_bundled_weights_land_in_keras_vgg16_layers_by_name(vgg_encoder: VGG16Encoder) -> None:
-    model = vgg_encoder._model
+    model = vgg_encoder._model.get_layer("vgg16_features")
     with h5py.File(bundled_weights_path(), "r") as weights:
         stored = np.asarray(weights["block4/layers/conv2d_2/vars/0"])
     np.testing.assert_array_equal(model.get_layer("block4_conv3").get_weights()[0], stored)
