@@ -42,7 +42,9 @@ def main() -> None:
     if done.returncode != 0:
         sys.exit(f"lookalike index failed:\n{done.stderr[-3000:]}")
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    summary = done.stdout.strip().splitlines()[-1]
+    summary = " ".join(
+        line for line in done.stdout.splitlines() if line.startswith(("products:", "lists built"))
+    )
     table = (
         "| catalogue | photos | wall time | images/s | peak RSS |\n|---|---|---|---|---|\n"
         f"| {args.dataset} | {count} | {wall:.0f} s | {count / wall:.2f} | {peak_mib:,.0f} MiB |"
