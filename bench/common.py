@@ -132,3 +132,30 @@ def index_in_process(folder: Path, env: dict[str, str]) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def start_web(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`lookalike serve` (gunicorn) on a free loopback port, in its own process group."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return web, f"http://127.0.0.1:{port}"

@@ -15,7 +15,6 @@ import argparse
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import lookalike_env, record
+from bench.common import lookalike_env, record, start_web
 
 README_QUERY = (
     "SELECT n.rank, n.neighbour_id, n.score, p.meta FROM neighbours n "
@@ -44,12 +43,6 @@ if pace > 0 then
   delay = function() return pace end
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wrk(base: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
@@ -148,25 +141,8 @@ def main() -> None:
     results["sql max"] = _pgbench(args.database_url, sql, 8, args.seconds, None, work)
 
     # HTTP, through gunicorn.
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "core.cli",
-            "serve",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(args.web_workers),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    web, base = start_web(env, args.web_workers)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

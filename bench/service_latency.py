@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,23 +24,24 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import create_database, index_in_process, lookalike_env, record, unpacked
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.common import (
+    create_database,
+    index_in_process,
+    lookalike_env,
+    record,
+    start_web,
+    unpacked,
+)
 
 
 def _wait(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, timeout=10).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except requests.RequestException:
+            pass  # not listening yet, or still starting
         time.sleep(0.2)
     sys.exit(f"{url} did not answer in {timeout}s")
 
@@ -81,7 +81,6 @@ def main() -> None:
         LOOKALIKE_QUEUE=f"lookalike-bench-{uuid.uuid4().hex[:6]}",
         LOOKALIKE_MEDIA_DIR=str(work / "media"),
     )
-    port = _free_port()
     log = (work / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "worker", "-c", "1"],
@@ -90,23 +89,7 @@ def main() -> None:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "core.cli",
-            "serve",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    web, base = start_web(env, 2)
     try:
         _wait(base + "/healthz")
         photos = sorted((folder / "images").iterdir())
