@@ -140,3 +140,19 @@ def test_bfloat16_is_its_own_model_and_close_to_float32(
     for pid in ids:
         assert approx[pid].dtype == np.float32
         assert float(exact[pid] @ approx[pid]) > 0.99
+
+
+def test_in_graph_preprocessing_is_keras_preprocess_input(
+    vgg_encoder: VGG16Encoder, fashion_dev: Path
+) -> None:
+    from keras.applications import vgg16
+
+    from core.encoder import l2_normalise
+    from core.pooling import gem
+
+    pixels = vgg_encoder.prepare(fashion_dev / "images" / "2049.jpg")[None, ...]
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, 112, 112, 3)
+    features = vgg_encoder._model.get_layer("vgg16_features")
+    maps = features.predict_on_batch(vgg16.preprocess_input(pixels.astype(np.float32)))
+    expected = l2_normalise(np.power(gem(np.asarray(maps, dtype=np.float32)), 0.5))
+    np.testing.assert_allclose(vgg_encoder.embed_batch(pixels), expected, atol=1e-6)
