@@ -191,7 +191,10 @@ def search(bench: Bench, views: Sequence[str], log: Callable[[str], None]) -> di
         key=lambda view: max(row.key() for layer in LAYERS for _, row in single[(view, layer)]),
         reverse=True,
     )
+    # The three best views, and the two best that keep colour, go on.
     top_views = view_rank[:3]
+    top_views += [view for view in view_rank if not VIEWS[view].grey][:2]
+    top_views = list(dict.fromkeys(top_views))
 
     # 2. Concatenations of the best pooling per layer, then PCA / whitening / power grid.
     stage2: list[tuple[Recipe, Row]] = []
@@ -268,6 +271,9 @@ def search(bench: Bench, views: Sequence[str], log: Callable[[str], None]) -> di
         "best with graph re-ranking": graph,
         "best one-view, without re-ranking": leader_of(
             lambda r: r.rerank is None and len(r.views) == 1
+        ),
+        "best one-view, with re-ranking": leader_of(
+            lambda r: r.rerank is not None and len(r.views) == 1
         ),
         "best keeping colour, without re-ranking": leader_of(
             lambda r: r.rerank is None and in_colour(r)
