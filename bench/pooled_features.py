@@ -170,6 +170,7 @@ class ViewFeatures:
     pooled: dict[str, np.ndarray]
     trunk_seconds: float  # model calls only
     total_seconds: float  # decoding, model and all the pooling
+    from_cache: bool = False  # timings then come from the run that computed the features
 
     @property
     def trunk_images_per_second(self) -> float:
@@ -243,6 +244,7 @@ def cached_features(
                     pooled,
                     float(stored["trunk_seconds"]),
                     float(stored["total_seconds"]),
+                    from_cache=True,
                 )
     log(f"  trunk pass {view.name} ({view.describe()}) over {len(ids)} photos ...")
     features = extract(trunk(), view, ids, paths)
