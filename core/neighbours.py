@@ -1,9 +1,10 @@
-"""Exact cosine top-k neighbours, computed in blocks.
+"""Exact cosine top-k neighbours.
 
 Vectors are L2-normalised, so cosine similarity is a dot product. Rows are positions in an
 array of products sorted by id; ties in score break towards the smaller position (the smaller
-id), so results are deterministic. Memory stays O(N·d + block²): a query block is scored
-against one candidate block at a time and only a running top-k is kept per query.
+id), so results are deterministic. Faiss's exact flat index finds each query's best few
+candidates by float32 score, in blocks of queries, keeping only a heap per query: memory stays
+O(N·d + block). The candidates are then rescored in float64.
 
 Scores are computed in float64 and rounded to float32, so a pair gets the same score whatever
 blocks it was computed in: an incremental update then matches a full rebuild exactly.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 NO_NEIGHBOUR = -1
@@ -105,45 +107,48 @@ def _search(
     if count == 0 or len(cand_pos) == 0:
         return empty_lists(count, k)
     cand_pos = np.sort(cand_pos)  # ascending, so that ties favour the smaller position
-    keep = k + _MARGIN
-    running = empty_lists(count, keep)
-    x32 = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(x32)
-    everything = np.arange(n)
-    if (
-        query_vectors is vectors
-        and len(query_pos) == n
-        and len(cand_pos) == n
-        and np.array_equal(query_pos, everything)
-        and np.array_equal(cand_pos, everything)
-    ):
-        # Every product against every other: scores are symmetric, so each tile above the
-        # diagonal serves both its rows and, transposed, its columns. Diagonal tiles go first,
-        # so that every row has a threshold before it meets a transposed tile.
-        blocks = [slice(i0, min(i0 + block_size, n)) for i0 in range(0, n, block_size)]
-        for block in blocks:
-            tile = x32[block] @ x32[block].T
-            np.fill_diagonal(tile, -np.inf)
-            _absorb(running, block, tile, everything[block], keep)
-        for i, rows in enumerate(blocks):
-            for cols in blocks[i + 1 :]:
-                tile = x32[rows] @ x32[cols].T
-                _absorb(running, rows, tile, everything[cols], keep)
-                _absorb(running, cols, tile, everything[rows], keep, transposed=True)
-    else:
-        candidates = x32[cand_pos]
-        queries = np.ascontiguousarray(
-            query_vectors if query_vectors is not vectors else x32[query_pos], dtype=np.float32
-        )
-        for q0 in range(0, count, block_size):
-            block = slice(q0, min(q0 + block_size, count))
-            own = query_pos[block]
-            for c0 in range(0, len(cand_pos), block_size):
-                columns = cand_pos[c0 : c0 + block_size]
-                tile = queries[block] @ candidates[c0 : c0 + block_size].T
-                _exclude_self(tile, own, columns)
-                _absorb(running, block, tile, columns, keep)
+    running = _float32_candidates(
+        query_vectors, query_pos, vectors, cand_pos, k + _MARGIN, block_size
+    )
     return _finish(query_vectors, query_pos, vectors, cand_pos, running, k)
+
+
+def _float32_candidates(
+    query_vectors: np.ndarray,
+    query_pos: np.ndarray,
+    vectors: np.ndarray,
+    cand_pos: np.ndarray,
+    keep: int,
+    block_size: int,
+) -> Neighbours:
+    """The best ``keep`` candidates of each query by float32 score, best first, never itself.
+
+    Faiss's flat index is an exact search (BLAS products, a heap per query, OpenMP threads);
+    the order it gives tied scores does not matter, as _finish re-sorts by exact score.
+    """
+    x32 = np.ascontiguousarray(vectors, dtype=np.float32)
+    external = query_vectors is not vectors
+    index = faiss.IndexFlatIP(x32.shape[1])
+    index.add(x32 if len(cand_pos) == len(x32) else x32[cand_pos])
+    # One more than needed, so that a query's own entry can be dropped.
+    wanted = min(keep + 1, len(cand_pos))
+    running = empty_lists(len(query_pos), keep)
+    width = min(keep, wanted)
+    for q0 in range(0, len(query_pos), block_size):
+        rows = slice(q0, min(q0 + block_size, len(query_pos)))
+        own = query_pos[rows]
+        queries = query_vectors[rows] if external else x32[own]
+        scores, labels = index.search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
+        positions = np.where(labels >= 0, cand_pos[labels], NO_NEIGHBOUR)
+        positions[positions == own[:, None]] = NO_NEIGHBOUR
+        # A stable sort by absence keeps faiss's best-first order and moves gaps to the end.
+        order = np.argsort(positions == NO_NEIGHBOUR, axis=1, kind="stable")[:, :width]
+        picked = np.take_along_axis(positions, order, axis=1)
+        running.positions[rows, :width] = picked
+        running.scores[rows, :width] = np.where(
+            picked == NO_NEIGHBOUR, -np.inf, np.take_along_axis(scores, order, axis=1)
+        )
+    return running
 
 
 def _exclude_self(tile: np.ndarray, own: np.ndarray, cols: np.ndarray) -> None:
@@ -153,51 +158,6 @@ def _exclude_self(tile: np.ndarray, own: np.ndarray, cols: np.ndarray) -> None:
     hit = np.flatnonzero(inside)
     hit = hit[cols[at[hit]] == own[hit]]
     tile[hit, at[hit]] = -np.inf
-
-
-def _absorb(
-    running: Neighbours,
-    rows: slice,
-    tile: np.ndarray,
-    cols: np.ndarray,
-    keep: int,
-    transposed: bool = False,
-) -> None:
-    """Merge a tile of float32 scores into the running best ``keep`` of ``rows``.
-
-    With ``transposed`` the tile's columns are the rows (a tile used for both sides of the
-    symmetric build); it is read in its own memory order instead of being copied.
-    """
-    held_pos = running.positions[rows]
-    held = running.scores[rows]
-    threshold = held[:, -1]
-    height = held.shape[0]
-    beats = tile > (threshold[None, :] if transposed else threshold[:, None])
-    if len(cols) > keep and np.count_nonzero(beats) > 2 * keep * height:
-        # Early tiles: most entries beat the threshold; cut each row to its best few first.
-        scores = np.ascontiguousarray(tile.T) if transposed else tile
-        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-        r = np.repeat(np.arange(height), keep)
-        c = part.ravel()
-        s = scores[r, c]
-        good = s > threshold[r]
-        r, c, s = r[good], c[good], s[good]
-    else:
-        first, second = np.nonzero(beats)
-        if first.size == 0:
-            return
-        s = tile[first, second]
-        r, c = (second, first) if transposed else (first, second)
-    all_rows = np.concatenate([np.repeat(np.arange(height), keep), r])
-    all_scores = np.concatenate([held.ravel(), s])
-    all_pos = np.concatenate([held_pos.ravel(), cols[c]])
-    tiebreak = np.where(all_pos == NO_NEIGHBOUR, np.iinfo(np.int64).max, all_pos)
-    order = np.lexsort((tiebreak, -all_scores.astype(np.float64), all_rows))
-    sorted_rows = all_rows[order]
-    rank = np.arange(len(order)) - np.searchsorted(sorted_rows, np.arange(height))[sorted_rows]
-    chosen = rank < keep
-    held_pos[sorted_rows[chosen], rank[chosen]] = all_pos[order][chosen]
-    held[sorted_rows[chosen], rank[chosen]] = all_scores[order][chosen]
 
 
 def _finish(
@@ -249,7 +209,7 @@ def _exact_rows(
     external: bool,
 ) -> None:
     """Full float64 scoring of a few rows against every candidate."""
-    k = result.positions.shape[1]
+    width = min(result.positions.shape[1], len(cand_pos))
     c64 = np.asarray(vectors[cand_pos], dtype=np.float64)
     for r0 in range(0, len(redo), 256):
         chunk = redo[r0 : r0 + 256]
@@ -257,13 +217,18 @@ def _exact_rows(
         scores = (np.asarray(query_vectors[own], dtype=np.float64) @ c64.T).astype(np.float32)
         if not external:
             _exclude_self(scores, query_pos[chunk], cand_pos)
-        for line, row in zip(scores, chunk, strict=True):
-            order = np.lexsort((cand_pos, -line.astype(np.float64)))[:k]
-            picked = line[order]
-            result.positions[row, : len(order)] = np.where(
-                np.isneginf(picked), NO_NEIGHBOUR, cand_pos[order]
-            )
-            result.scores[row, : len(order)] = picked
+        # Only what scores at least a row's width-th best can be in its list (ties included).
+        bar = -np.partition(-scores, width - 1, axis=1)[:, width - 1]
+        line, col = np.nonzero(scores >= bar[:, None])
+        picked = scores[line, col]
+        order = np.lexsort((col, -picked.astype(np.float64), line))
+        line, col, picked = line[order], col[order], picked[order]
+        rank = np.arange(len(line)) - np.searchsorted(line, line)
+        chosen = rank < width
+        line, col, picked, rank = line[chosen], col[chosen], picked[chosen], rank[chosen]
+        row = chunk[line]
+        result.positions[row, rank] = np.where(np.isneginf(picked), NO_NEIGHBOUR, cand_pos[col])
+        result.scores[row, rank] = picked
 
 
 def add_to_lists(
