@@ -2,11 +2,11 @@
 brute-force cosine NearestNeighbors) and V3 (a full N x N similarity table), at several N.
 
 Vectors come from an indexed database (default: the one LOOKALIKE_DATABASE_URL names), e.g.
-after indexing fashion-small. Each method runs in a fresh child process, so that its peak
-resident memory is its own; "extra" is the peak minus the process's size with the vectors
-loaded. Lookalike's lists must equal scikit-learn's.
+after indexing fashion-small, or from a saved (N, d) array with --vectors. Each method runs in
+a fresh child process, so that its peak resident memory is its own; "extra" is the peak minus
+the process's size with the vectors loaded. Lookalike's lists must equal scikit-learn's.
 
-    python bench/neighbours.py [--sizes 1000,10000,all] [--database-url URL]
+    python bench/neighbours.py [--sizes 1000,10000,all] [--database-url URL | --vectors FILE.npy]
 """
 
 from __future__ import annotations
@@ -83,6 +83,23 @@ def _run(method: str, path: Path, n: int, work: Path) -> dict[str, float] | str:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def _database_vectors(url: str) -> tuple[str, np.ndarray]:
+    """The vectors of the model with the most neighbour lists in that database."""
+    from sqlalchemy import func, select
+
+    from core.db import make_engine, make_sessionmaker
+    from core.indexing import load_vectors
+    from core.models import Neighbour
+
+    sessions = make_sessionmaker(make_engine(url))
+    with sessions() as session:
+        model_id = session.scalars(
+            select(Neighbour.model_id).group_by(Neighbour.model_id).order_by(func.count().desc())
+        ).first()
+        assert model_id, "no vectors in that database"
+        return model_id, load_vectors(session, model_id).vectors
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
@@ -90,26 +107,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,all")
     parser.add_argument("--database-url", default=os.environ.get("LOOKALIKE_DATABASE_URL"))
+    parser.add_argument("--vectors", type=Path, help="an .npy array of L2-normalised rows")
     args = parser.parse_args()
 
-    from sqlalchemy import func, select
-
-    from core.db import make_engine, make_sessionmaker
-    from core.indexing import load_vectors
-    from core.models import Neighbour
-
-    sessions = make_sessionmaker(make_engine(args.database_url))
-    with sessions() as session:
-        model_id = session.scalars(
-            select(Neighbour.model_id).group_by(Neighbour.model_id).order_by(func.count().desc())
-        ).first()
-        assert model_id, "no vectors in that database"
-        vectors = load_vectors(session, model_id)
+    if args.vectors:
+        label, vectors = f"vectors from {args.vectors.name}", np.load(args.vectors)
+    elif args.database_url:
+        label, vectors = _database_vectors(args.database_url)
+    else:
+        parser.error("no vectors: give --database-url (or LOOKALIKE_DATABASE_URL) or --vectors")
     work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
     path = work / "vectors.npy"
     # A fixed shuffle, so that the smaller N are a sample of the catalogue, not its first ids.
-    order = np.random.default_rng(0).permutation(len(vectors.ids))
-    np.save(path, vectors.vectors[order])
+    order = np.random.default_rng(0).permutation(len(vectors))
+    np.save(path, vectors[order])
     total = len(order)
     memory_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
 
@@ -154,10 +165,11 @@ def main() -> None:
         )
         lines.append(f"| {n:,} | {cell(ours)} | {cell(brute)} | {speed} | {cell(full)} | {equal} |")
     record(
-        f"Neighbour build, {model_id}",
+        f"Neighbour build, {label}",
         "\n".join(lines),
         "Wall time of the build and peak extra resident memory, each in its own process. "
-        f"Command: `python bench/neighbours.py --sizes {args.sizes}`.",
+        f"Command: `python bench/neighbours.py --sizes {args.sizes}"
+        + (f" --vectors {args.vectors}`." if args.vectors else "`."),
     )
 
 
