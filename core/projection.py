@@ -35,10 +35,14 @@ class Projection:
         return f"pca{self.dims}-w{self.whiten:g}-p{self.power:g}-{digest}"
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
-        centred = np.asarray(vectors, dtype=np.float64) - self.mean
-        projected = centred @ self.components.T
-        powered = np.sign(projected) * np.abs(projected) ** self.power
-        return l2_normalise(powered)
+        """Project, power and L2-normalise, a chunk of rows at a time (float64 inside)."""
+        out = np.empty((len(vectors), self.dims), dtype=np.float32)
+        for start in range(0, len(vectors), _CHUNK_ROWS):
+            rows = slice(start, start + _CHUNK_ROWS)
+            centred = np.asarray(vectors[rows], dtype=np.float64) - self.mean
+            projected = centred @ self.components.T
+            out[rows] = l2_normalise(np.sign(projected) * np.abs(projected) ** self.power)
+        return out
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -68,15 +72,28 @@ def fit_projection(
     """PCA of the catalogue's own vectors keeping ``dims`` dimensions, each divided by its
     variance to the power ``whiten / 2`` (1: full whitening).
 
-    Deterministic for the same vectors (full SVD, signs fixed by the largest loading).
+    The covariance (d x d) is accumulated in float64 a chunk of rows at a time and
+    eigendecomposed, so memory stays O(d^2) beside the vectors, whatever the catalogue size.
+    Deterministic for the same vectors (signs fixed by the largest loading).
     """
-    data = np.asarray(vectors, dtype=np.float64)
-    mean = data.mean(axis=0)
-    _, singular, vt = np.linalg.svd(data - mean, full_matrices=False)
-    dims = min(dims, vt.shape[0])
-    vt = vt[:dims]
+    count, d = vectors.shape
+    mean = np.zeros(d)
+    for start in range(0, count, _CHUNK_ROWS):
+        mean += np.asarray(vectors[start : start + _CHUNK_ROWS], dtype=np.float64).sum(axis=0)
+    mean /= max(count, 1)
+    covariance = np.zeros((d, d))
+    for start in range(0, count, _CHUNK_ROWS):
+        centred = np.asarray(vectors[start : start + _CHUNK_ROWS], dtype=np.float64) - mean
+        covariance += centred.T @ centred
+    covariance /= max(count - 1, 1)
+    variance, basis = np.linalg.eigh(covariance)  # ascending
+    dims = min(dims, d, count)
+    order = np.argsort(variance)[::-1][:dims]
+    vt = basis[:, order].T
     signs = np.sign(vt[np.arange(dims), np.abs(vt).argmax(axis=1)])
     vt = vt * signs[:, None]
-    variance = singular[:dims] ** 2 / max(len(data) - 1, 1)
-    scale = np.power(np.maximum(variance, eps), -whiten / 2)
+    scale = np.power(np.maximum(variance[order], eps), -whiten / 2)
     return Projection(mean, vt * scale[:, None], power, whiten)
+
+
+_CHUNK_ROWS = 8192
