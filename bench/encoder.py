@@ -56,7 +56,8 @@ def main() -> None:
         )
         for precision in ("float32", "bfloat16")
     }
-    default = encoders[settings.precision]
+    default_precision = resolve_spec(settings).precision
+    default = encoders[default_precision]
 
     # The same photos for every measurement, decoded and preprocessed beforehand for model-only.
     pool = catalogue.items[: max(args.images, args.agreement_images)]
@@ -105,7 +106,7 @@ def main() -> None:
     )
     agreement_seconds = time.perf_counter() - started
 
-    ratio = rate["pipeline"] / rate[settings.precision]
+    ratio = rate["pipeline"] / rate[default_precision]
     speedup = rate["bfloat16"] / rate["float32"]
     table = "\n".join(
         [
@@ -115,10 +116,10 @@ def main() -> None:
             "| | 1.00 | | |",
             f"| model only, bfloat16, batches of {batch} | {rate['bfloat16']:.2f} img/s | float32 "
             f"| {speedup:.2f}x | | |",
-            f"| full pipeline at {settings.precision} (decode + preprocess on "
+            f"| full pipeline at {default_precision} (decode + preprocess on "
             f"{settings.decode_workers} threads, model, SQL write) "
             f"| {rate['pipeline']:.2f} img/s | "
-            f"model only at {settings.precision} | {ratio:.3f} | >= 0.90 | "
+            f"model only at {default_precision} | {ratio:.3f} | >= 0.90 | "
             f"{'yes' if ratio >= 0.9 else 'NO'} |",
             f"| top-10 agreement bfloat16 vs float32, {len(everything)} photos "
             f"| {overlap:.3f} | | | "

@@ -32,6 +32,8 @@ WeightsKind = Literal["imagenet", "file", "bundled"]
 TOP_LAYERS = ("fc1", "fc2")
 IMAGENET_TOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# Without top weights: the best measured recipe on the bundled weights (QUALITY.md).
+DEFAULT_CONV_LAYERS = ("block4_conv3", "block5_conv3")
 
 
 class ImageEncoder(Protocol):
@@ -68,15 +70,17 @@ class ModelSpec:
     precision: str = "float32"
     feature_power: float = 1.0
     resize: str = "stretch"
+    grey: bool = False
 
     @property
     def model_id(self) -> str:
         power = "" if self.feature_power == 1.0 else f"^{self.feature_power:g}"
+        grey = "-grey" if self.grey else ""
         suffix = "" if self.precision == "float32" else f":{self.precision}"
         return (
             f"vgg16:{self.weights_tag}:{'+'.join(self.layers)}:"
             f"{'+'.join(p + power for p in self.poolings)}:{self.input_size}:"
-            f"caffe-{self.resize}-draft-bilinear{suffix}"
+            f"caffe-{self.resize}-draft-bilinear{grey}{suffix}"
         )
 
     @property
@@ -130,6 +134,16 @@ def _h5_has_layer(path: Path, name: str) -> bool:
     return found
 
 
+def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU does bfloat16 arithmetic natively (AVX-512 BF16 or AMX); elsewhere
+    TensorFlow emulates it, no faster than float32."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def resolve_spec(settings: Settings) -> ModelSpec:
     """Turn the weights and layer settings into a concrete :class:`ModelSpec`.
 
@@ -170,9 +184,9 @@ def resolve_spec(settings: Settings) -> ModelSpec:
 
     layers = tuple(settings.layer.split("+"))
     if layers == ("auto",):
-        layers = ("fc2",) if has_top else ("block4_conv3",)
+        layers = ("fc2",) if has_top else DEFAULT_CONV_LAYERS
     top = [layer for layer in layers if layer in TOP_LAYERS]
-    size = settings.input_size or (224 if top else 112)
+    size = settings.input_size or (224 if top else 160)
     if top:
         if not has_top:
             raise WeightsUnavailable(f"layer {top[0]} needs top weights, which {tag} lacks")
@@ -181,6 +195,8 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         poolings: tuple[str, ...] = ("none",)
     else:
         names = settings.pooling.split("+")
+        if names == ["auto"]:
+            names = ["max" if layer == "block5_conv3" else "gem" for layer in layers]
         if len(names) not in (1, len(layers)):
             raise WeightsUnavailable(
                 f"{len(names)} poolings for {len(layers)} layers: give one, or one per layer"
@@ -189,6 +205,10 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         poolings = tuple(f"gem{settings.gem_power:g}" if n == "gem" else n for n in names)
         for name in poolings:
             pooling_function(name)  # unknown names fail here, not in a worker
+    precision = settings.precision
+    if precision == "auto":
+        precision = "bfloat16" if cpu_has_bfloat16() else "float32"
+        log.info("precision=auto chose %s", precision)
     return ModelSpec(
         weights=kind,
         weights_tag=tag,
@@ -196,9 +216,10 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         poolings=poolings,
         input_size=size,
         weights_path=path,
-        precision=settings.precision,
+        precision=precision,
         feature_power=settings.feature_power if not top else 1.0,
         resize=settings.resize,
+        grey=settings.colour == "grey" or (settings.colour == "auto" and kind == "bundled"),
     )
 
 
@@ -285,7 +306,9 @@ class VGG16Encoder:
 
     def prepare(self, source: ImageSource) -> np.ndarray:
         size = self.spec.input_size
-        return load_pixels(source, (size, size), self.max_pixels, self.spec.resize, draft=True)
+        return load_pixels(
+            source, (size, size), self.max_pixels, self.spec.resize, draft=True, grey=self.spec.grey
+        )
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """Each layer pooled (float32), raised to the feature power and L2-normalised; the

@@ -133,10 +133,12 @@ def load_pixels(
     max_pixels: int,
     resize: str = "stretch",
     draft: bool = False,
+    grey: bool = False,
 ) -> np.ndarray:
     """Decode a photo and bring it to ``size`` (width, height): stretched, or with ``pad``
     centred on a white square first. A uint8 array (height, width, 3). With ``draft``, JPEGs
-    decode at the smallest reduced scale that still covers ``size``."""
+    decode at the smallest reduced scale that still covers ``size``; with ``grey``, each pixel
+    is its luma (ITU-R 601, Pillow's "L") in all three channels."""
     img = load_rgb(source, max_pixels, (max(size), max(size)) if draft else None)
     if resize == "pad" and img.width != img.height:
         side = max(img.size)
@@ -145,4 +147,6 @@ def load_pixels(
         img = canvas
     if img.size != size:
         img = img.resize(size, Image.Resampling.BILINEAR)
+    if grey:
+        img = img.convert("L").convert("RGB")
     return np.asarray(img, dtype=np.uint8)

