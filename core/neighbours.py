@@ -64,7 +64,7 @@ def top_k(
     Args:
         vectors: (N, d) L2-normalised rows, ordered by product id.
         k: neighbours per query.
-        block_size: rows per query block and per candidate block.
+        block_size: queries per block handed to faiss.
         queries: positions to find neighbours for (default: all).
         candidates: positions that may be neighbours (default: all).
 
