@@ -1,5 +1,6 @@
-"""Read-only queries behind the web pages: a filtered, paged catalogue, the values to filter
-by, and recent jobs with their per-image errors. Each takes a ``Session`` the caller owns."""
+"""Read-only queries behind the web pages and the API: a filtered, paged catalogue, the values
+to filter by, a product's lookalikes, and recent jobs with their per-image errors. Each takes a
+``Session`` (the lookalikes read, a ``Connection``) that the caller owns."""
 
 from __future__ import annotations
 
@@ -7,14 +8,28 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import (
+    CompoundSelect,
+    Connection,
+    Float,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    func,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from core.errors import NotIndexed, ProductNotFound
-from core.indexing import SimilarProduct, similar_products
+from core.indexing import ProductSummary, SimilarProduct, similar_products
 from core.jobs import recent_jobs
-from core.models import ImageError, Job, Product
+from core.models import ImageError, Job, Neighbour, Product
 
 # The metadata columns a shopper filters by, in the order shown, when a catalogue has them
 # (the Kaggle fashion data does; a plain folder of photos has none, and so no filters).
@@ -118,6 +133,66 @@ def product_with_lookalikes(session: Session, product_id: str) -> ProductView:
             raise ProductNotFound(product_id) from None
         return ProductView(product_or_none, [], exc.message)
     return ProductView(product, neighbours)
+
+
+@dataclass
+class Lookalikes:
+    """A product's id and metadata, and its stored list, best first."""
+
+    product: ProductSummary
+    neighbours: list[SimilarProduct]
+
+
+def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, Any]]:
+    products, neighbours = Product.__table__, Neighbour.__table__
+    listed = products.alias("listed")
+    product_id = bindparam("product_id", type_=String)
+    # The product itself comes first as rank 0. Table columns, not ORM attributes, and one
+    # statement built once: no ORM loading and no cache key to compute per request.
+    return union_all(
+        select(
+            literal_column("0", Integer).label("rank"),
+            null().cast(Float).label("score"),
+            products.c.id,
+            products.c.meta,
+        ).where(products.c.id == product_id),
+        select(neighbours.c.rank, neighbours.c.score, listed.c.id, listed.c.meta)
+        .join(listed, listed.c.id == neighbours.c.neighbour_id)
+        .where(neighbours.c.product_id == product_id),
+    ).order_by(literal_column("rank"))
+
+
+_LOOKALIKES = _lookalikes_statement()
+
+
+def lookalikes(connection: Connection, product_id: str) -> Lookalikes:
+    """A product and its stored neighbour list as plain rows: the storefront's hot path.
+
+    It takes a ``Connection``, not a ``Session``: a Session's bookkeeping costs as much as the
+    query here. One statement reads both, so they come from one snapshot even outside a
+    transaction, and the web tier runs it in autocommit (``core.db.make_read_engine``). The
+    caller owns the connection (``session.connection()`` gives a session's).
+
+    Raises:
+        ProductNotFound: no such product.
+        NotIndexed: the product has no neighbour list yet.
+    """
+    rows = connection.execute(_LOOKALIKES, {"product_id": product_id}).all()
+    if not rows:
+        raise ProductNotFound(product_id)
+    if len(rows) == 1:
+        # Rare: let the full read say why there is no list (or find one written meanwhile).
+        with Session(bind=connection) as session:
+            product, neighbours = similar_products(session, product_id)
+        return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours)
+    (_, _, own_id, own_meta), *listed = rows
+    return Lookalikes(
+        ProductSummary(own_id, own_meta or {}),
+        [
+            SimilarProduct(rank, ProductSummary(pid, meta or {}), score)
+            for rank, score, pid, meta in listed
+        ],
+    )
 
 
 @dataclass

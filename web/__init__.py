@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask, g
 
-from core.db import make_engine, make_sessionmaker
+from core.db import make_engine, make_read_engine, make_sessionmaker
 from core.settings import get_settings
 from worker.app import create_celery
 
@@ -23,6 +23,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     engine = make_engine(settings.database_url)
     app.extensions["lookalike.engine"] = engine
     app.extensions["lookalike.sessions"] = make_sessionmaker(engine)
+    # The lookalikes API reads with one statement per request, on a pool of its own.
+    app.extensions["lookalike.read_engine"] = make_read_engine(settings.database_url)
     app.extensions["celery"] = create_celery(settings)
 
     @app.teardown_appcontext

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.catalogue_queries import browse_products
+from core.catalogue_queries import browse_products, lookalikes
+from core.db import read_retrying
 from core.errors import InvalidRequest, ProductNotFound, QueueUnavailable, Unauthorized
-from core.indexing import ProductSummary, similar_products
+from core.indexing import ProductSummary
 from core.jobs import create_job, finish_job, job_errors
 from core.models import Job, Product
 from core.services import get_job
@@ -56,11 +58,21 @@ def accepted(job: Job, **extra: Any) -> Any:
     return jsonify(body), 202, {"Location": body["status_url"]}
 
 
-def product_json(product: Product | ProductSummary) -> dict[str, Any]:
+def image_urls() -> Callable[[str], str]:
+    """``url_for("api.product_image", product_id=...)`` for the many products of a response:
+    the address is built once, then each id is quoted by the route's own converter."""
+    prefix = url_for("api.product_image", product_id="-").removesuffix("-")
+    converter = current_app.url_map.converters["default"](current_app.url_map)
+    return lambda product_id: prefix + converter.to_url(product_id)
+
+
+def product_json(
+    product: Product | ProductSummary, image_url: Callable[[str], str] | None = None
+) -> dict[str, Any]:
     return {
         "id": product.id,
         **(product.meta or {}),
-        "image_url": url_for("api.product_image", product_id=product.id),
+        "image_url": (image_url or image_urls())(product.id),
     }
 
 
@@ -155,13 +167,17 @@ def job_status(job_id: str) -> Any:
 
 @bp.get("/api/products/<product_id>/similar")
 def similar(product_id: str) -> Any:
-    product, neighbours = similar_products(db(), product_id)
+    found = read_retrying(
+        current_app.extensions["lookalike.read_engine"],
+        lambda connection: lookalikes(connection, product_id),
+    )
+    image_url = image_urls()
     return jsonify(
         {
-            "product": product_json(product),
+            "product": product_json(found.product, image_url),
             "neighbours": [
-                {"rank": n.rank, "score": round(n.score, 6), **product_json(n.product)}
-                for n in neighbours
+                {"rank": n.rank, "score": round(n.score, 6), **product_json(n.product, image_url)}
+                for n in found.neighbours
             ],
         }
     )
@@ -180,9 +196,10 @@ def list_products() -> Any:
     per_page = _positive_int("per_page", 50, 500)
     filters = {k: v for k, v in request.args.items() if k not in ("page", "per_page")}
     found = browse_products(db(), filters, page, per_page)
+    image_url = image_urls()
     return jsonify(
         {
-            "items": [product_json(p) for p in found.items],
+            "items": [product_json(p, image_url) for p in found.items],
             "page": found.page,
             "per_page": found.per_page,
             "total": found.total,
