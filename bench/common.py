@@ -134,7 +134,9 @@ def index_in_process(folder: Path, env: dict[str, str]) -> None:
     )
 
 
-def start_web(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_web(
+    env: dict[str, str], workers: int, threads: int = 2, access_log: bool = True
+) -> tuple[subprocess.Popen[bytes], str]:
     """`lookalike serve` (gunicorn) on a free loopback port, in its own process group."""
     import socket
     import sys
@@ -152,6 +154,9 @@ def start_web(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes
             f"127.0.0.1:{port}",
             "--workers",
             str(workers),
+            "--threads",
+            str(threads),
+            "--access-log" if access_log else "--no-access-log",
         ],
         env=env,
         stdout=subprocess.DEVNULL,

@@ -6,7 +6,8 @@ one from `bench/index_queue.py --keep-database`). HTTP load comes from wrk on lo
 script picks a random product per request and, for the fixed rate, paces each connection);
 SQL load from pgbench (--rate for the fixed rate), over a temporary table of the product ids.
 
-    python bench/read_path.py --database-url URL [--rate 500] [--seconds 20] [--web-workers 4]
+    python bench/read_path.py --database-url URL [--rate 500] [--seconds 20] [--web-workers 3]
+        [--web-threads 2] [--no-access-log]
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--web-workers", type=int, default=4)
+    parser.add_argument("--web-workers", type=int, default=3)
+    parser.add_argument("--web-threads", type=int, default=2)
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
     from sqlalchemy import create_engine, select, text
@@ -142,7 +145,7 @@ def main() -> None:
 
     # HTTP, through gunicorn.
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
-    web, base = start_web(env, args.web_workers)
+    web, base = start_web(env, args.web_workers, args.web_threads, args.access_log)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -203,10 +206,12 @@ def main() -> None:
     record(
         f"Read path on PostgreSQL, {len(ids):,} products with lists",
         table,
-        f"gunicorn with {args.web_workers} sync workers, wrk with 2 threads on the same 2-core "
-        f"machine; {args.seconds} s per row. Command: `python bench/read_path.py "
-        f"--database-url URL --rate {args.rate} --seconds {args.seconds} "
-        f"--web-workers {args.web_workers}`.",
+        f"gunicorn (`lookalike serve`) with {args.web_workers} gthread workers of "
+        f"{args.web_threads} threads, access log {'on' if args.access_log else 'off'}; wrk "
+        f"with 2 threads, PostgreSQL and gunicorn all on the same 2-core machine; "
+        f"{args.seconds} s per row. Command: `python bench/read_path.py --database-url URL "
+        f"--rate {args.rate} --seconds {args.seconds} --web-workers {args.web_workers} "
+        f"--web-threads {args.web_threads}{'' if args.access_log else ' --no-access-log'}`.",
     )
 
 

@@ -283,25 +283,33 @@ def worker(settings: Settings, concurrency: int, loglevel: str) -> None:
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True)
-@click.option("--workers", "-w", default=2, show_default=True, help="gunicorn processes.")
+@click.option(
+    "--workers", "-w", default=3, show_default=True, help="gunicorn processes (about cores + 1)."
+)
+@click.option(
+    "--threads",
+    default=2,
+    show_default=True,
+    help="Threads per process; each serves one request at a time, on kept-alive connections.",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="One line per request on stdout.",
+)
 @click.pass_obj
-def serve(settings: Settings, bind: str, workers: int) -> None:
+def serve(settings: Settings, bind: str, workers: int, threads: int, access_log: bool) -> None:
     """Serve the web app and API under gunicorn."""
     upgrade(settings.database_url)
+    # gthread, not sync: a sync worker closes the connection after every response, so a
+    # client (or proxy) pays a new TCP connection per request; gthread keeps it alive.
+    options = ["--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
+    if access_log:
+        options += ["--access-logfile", "-"]
     os.execvp(
         sys.executable,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--workers",
-            str(workers),
-            "--bind",
-            bind,
-            "--access-logfile",
-            "-",
-            "web:create_app()",
-        ],
+        [sys.executable, "-m", "gunicorn", *options, "--bind", bind, "web:create_app()"],
     )
 
 
