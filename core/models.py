@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -73,7 +74,8 @@ class Embedding(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (Index("ix_embeddings_model_id", "model_id"),)
+    # created_at too: a process cache looks for rows created since its last check.
+    __table_args__ = (Index("ix_embeddings_model_id_created_at", "model_id", "created_at"),)
 
 
 class Neighbour(Base):
@@ -164,3 +166,32 @@ class ImageError(Base):
         Index("ix_image_errors_job_id", "job_id"),
         Index("ix_image_errors_product_id", "product_id"),
     )
+
+
+class ChangeCounter(Base):
+    """How often a table changed in a way a process that keeps it in memory must know about.
+
+    Triggers (migration 0004) move these in the same transaction as the change: ``vectors`` when
+    an embedding is updated or deleted or a product's photo changes, ``neighbours`` on any write to
+    the neighbour lists. Inserted embeddings leave ``vectors`` alone, so that workers embedding
+    at once do not queue on one row (see :mod:`core.space_cache` for how inserts are found).
+    """
+
+    __tablename__ = "change_counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ListWrite(Base):
+    """The lists one transaction rewrote, between two values of the ``neighbours`` counter.
+
+    A process whose copy of the list ends was taken at ``previous`` brings it to ``counter`` by
+    re-reading only these lists; a gap in the chain means reading them all (core.space_cache).
+    """
+
+    __tablename__ = "list_writes"
+
+    counter: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    previous: Mapped[int] = mapped_column(BigInteger)
+    product_ids: Mapped[list[str]] = mapped_column(JSON)
