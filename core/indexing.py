@@ -7,7 +7,6 @@ for each neighbour-table update, so that a reader never sees a half-written list
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,14 @@ from core.jobs import finish_job, record_failures, start_job
 from core.models import Embedding, Job, Neighbour, Product, ProjectionRecord
 from core.neighbours import NO_NEIGHBOUR, Neighbours, add_to_lists, changed_rows, empty_lists, top_k
 from core.pipeline import EmbeddedBatch, embed_images
-from core.projection import Projection, fit_projection
+from core.projection import fit_projection
+from core.vectors import SPACE_SEPARATOR, get_projection
+
+# Re-exported: evaluation, tests and benches import these from here.
+from core.vectors import VectorSet as VectorSet
+from core.vectors import load_vectors as load_vectors
 
 _IN_CHUNK = 500
-SPACE_SEPARATOR = "|"
 T = TypeVar("T")
 
 
@@ -162,55 +165,6 @@ def embed_pending(
     for batch in embed_images(encoder, items, batch_size, workers):
         store_batch(session, encoder.model_id, batch, job_id)
         yield batch
-
-
-@dataclass
-class VectorSet:
-    """Every vector of one model, ordered by product id (the tie-break order)."""
-
-    ids: list[str]
-    vectors: np.ndarray
-
-    def positions(self, product_ids: Iterable[str]) -> np.ndarray:
-        index = {pid: pos for pos, pid in enumerate(self.ids)}
-        return np.array([index[pid] for pid in product_ids], dtype=np.int64)
-
-
-def load_vectors(session: Session, model_id: str) -> VectorSet:
-    """All vectors of ``model_id`` whose photo is still the product's current one.
-
-    ``model_id`` may name a projected space, ``<embedding model id>|<projection tag>``: the
-    embedding model's vectors are then projected with that stored projection.
-    """
-    embedding_model, _, tag = model_id.partition(SPACE_SEPARATOR)
-    rows = session.execute(
-        select(Embedding.product_id, Embedding.dim, Embedding.vector)
-        .join(Product, Product.id == Embedding.product_id)
-        .where(
-            Embedding.model_id == embedding_model, Embedding.content_hash == Product.content_hash
-        )
-    ).all()
-    # Python's string order, not the database collation: the same everywhere.
-    ordered = sorted(rows, key=lambda row: row[0])
-    if not ordered:
-        return VectorSet([], np.zeros((0, 0), dtype=np.float32))
-    matrix = np.frombuffer(b"".join(row[2] for row in ordered), dtype="<f4")
-    vectors = matrix.reshape(len(ordered), ordered[0][1])
-    if tag:
-        vectors = get_projection(session, tag).apply(vectors)
-    return VectorSet([row[0] for row in ordered], vectors)
-
-
-def get_projection(session: Session, tag: str) -> Projection:
-    record = session.get(ProjectionRecord, tag)
-    if record is None:
-        raise NotIndexed(f"projection {tag!r} is not stored: index again with --refit")
-    return _projection_from_bytes(record.data)
-
-
-@functools.lru_cache(maxsize=4)
-def _projection_from_bytes(data: bytes) -> Projection:
-    return Projection.from_bytes(data)
 
 
 def resolve_space(

@@ -20,7 +20,6 @@ from core.errors import InvalidImage, LookalikeError
 from core.indexing import (
     delete_products,
     embed_pending,
-    load_vectors,
     pending_products,
     project_queries,
     refresh_neighbours,
@@ -32,6 +31,7 @@ from core.models import Job, JobChunk, Product
 from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
 from core.settings import Settings
+from core.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 

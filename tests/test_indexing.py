@@ -28,6 +28,8 @@ from core.indexing import (
 from core.jobs import create_job, job_errors
 from core.models import Embedding, Job, Neighbour
 from core.neighbours import top_k
+from core.projection import fit_projection
+from core.vectors import VectorSet, project
 from tests.test_images import bad_files
 
 K = 3
@@ -226,3 +228,25 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
     assert refitted != space
     assert refresh_neighbours(db_session, refitted, K, 4) == 16
     assert _table(db_session) == _expected(db_session, refitted)
+
+
+def test_projecting_a_row_alone_gives_the_bits_of_a_full_projection() -> None:
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((1000, 48)).astype(np.float32)
+    projection = fit_projection(data, 16, 0.5, 0.5)
+    every = project(projection, data)
+    for row in (0, 255, 256, 257, 999):
+        assert np.array_equal(project(projection, data[row : row + 1])[0], every[row])
+    picked = [3, 400, 401, 998]
+    assert np.array_equal(project(projection, data[picked]), every[picked])
+
+
+def test_vector_set_grows_in_id_order() -> None:
+    base = VectorSet(["b", "d"], np.array([[2.0], [4.0]], dtype=np.float32))
+    grown = base.with_rows(["a", "c", "e"], np.array([[1.0], [3.0], [5.0]], dtype=np.float32))
+    assert grown.ids == ["a", "b", "c", "d", "e"]
+    assert grown.vectors[:, 0].tolist() == [1, 2, 3, 4, 5]
+    assert grown.grown_from() is base and grown.inserted_at is not None
+    assert grown.position("c") == 2 and grown.position("z") is None
+    assert grown.positions(["e", "a"]).tolist() == [4, 0]
+    assert grown.positions_found(["z", "d"]).tolist() == [3]
