@@ -7,13 +7,14 @@ for each neighbour-table update, so that a reader never sees a half-written list
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import and_, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from core.catalogue import CatalogueItem, content_hash
@@ -25,13 +26,40 @@ from core.models import Embedding, Job, Neighbour, Product, ProjectionRecord
 from core.neighbours import NO_NEIGHBOUR, Neighbours, add_to_lists, changed_rows, empty_lists, top_k
 from core.pipeline import EmbeddedBatch, embed_images
 from core.projection import fit_projection
-from core.vectors import SPACE_SEPARATOR, get_projection
+from core.space_cache import ListEnds, SpaceCache, lock_lists, log_list_writes, read_list_ends
+from core.vectors import SPACE_SEPARATOR, get_projection, read_rows
 
 # Re-exported: evaluation, tests and benches import these from here.
 from core.vectors import VectorSet as VectorSet
 from core.vectors import load_vectors as load_vectors
 
 _IN_CHUNK = 500
+# A newcomer is scored against every list's last entry in float32; lists it comes within this
+# of are read and merged exactly (float32 errs by far less on unit vectors).
+_ENTER_SLACK = 1e-3
+# Rows and newcomers per float32 tile of that check.
+_ENTER_TILE = (8192, 256)
+_WRITE_ROWS = 50_000
+_UNNEST = (
+    "unnest(CAST(:product_ids AS varchar[]), CAST(:ranks AS integer[]), "
+    "CAST(:neighbour_ids AS varchar[]), CAST(:scores AS double precision[])) "
+    "AS row (product_id, rank, neighbour_id, score)"
+)
+_UPSERT_UNNEST = text(
+    "INSERT INTO neighbours (product_id, rank, neighbour_id, score, model_id) "
+    f"SELECT product_id, rank, neighbour_id, score, :model_id FROM {_UNNEST} "
+    "ON CONFLICT (product_id, rank) DO UPDATE SET neighbour_id = excluded.neighbour_id, "
+    "score = excluded.score, model_id = excluded.model_id"
+)
+_UPDATE_UNNEST = text(
+    "UPDATE neighbours SET neighbour_id = row.neighbour_id, score = row.score, "
+    f"model_id = :model_id FROM {_UNNEST} "
+    "WHERE neighbours.product_id = row.product_id AND neighbours.rank = row.rank"
+)
+# Reading more lists than this reads every list of the space at once; up to _FEW_LISTS goes
+# through SQLAlchemy (its compiled statements are cached), more through the binary reader.
+_ALL_LISTS = 5_000
+_FEW_LISTS = 64
 T = TypeVar("T")
 
 
@@ -185,8 +213,9 @@ def resolve_space(
     """
     if dims <= 0:
         return embedding_model_id
-    record = session.scalars(
-        select(ProjectionRecord)
+    # The tag only: the stored projection itself is read where vectors are projected.
+    tag = session.scalars(
+        select(ProjectionRecord.tag)
         .where(
             ProjectionRecord.embedding_model_id == embedding_model_id,
             ProjectionRecord.dims == dims,
@@ -196,17 +225,13 @@ def resolve_space(
         .order_by(ProjectionRecord.created_at.desc())
         .limit(1)
     ).first()
-    if record is not None and not refit:
-        return f"{embedding_model_id}{SPACE_SEPARATOR}{record.tag}"
+    if tag is not None and not refit:
+        return f"{embedding_model_id}{SPACE_SEPARATOR}{tag}"
     if not fit:
         return embedding_model_id
     vectors = load_vectors(session, embedding_model_id)
     if len(vectors.ids) < 2 * dims:
-        return (
-            embedding_model_id
-            if record is None
-            else (f"{embedding_model_id}{SPACE_SEPARATOR}{record.tag}")
-        )
+        return embedding_model_id if tag is None else f"{embedding_model_id}{SPACE_SEPARATOR}{tag}"
     projection = fit_projection(vectors.vectors, dims, power, whiten)
     if session.get(ProjectionRecord, projection.tag) is None:
         session.add(
@@ -237,22 +262,33 @@ def load_lists(
     naming products no longer there, read as absent)."""
     lists = empty_lists(len(product_ids), k)
     row_of = {pid: row for row, pid in enumerate(product_ids)}
-    index = {pid: pos for pos, pid in enumerate(vectors.ids)}
-    for chunk in _chunks(list(product_ids)):
-        for pid, rank, neighbour, score, mid in session.execute(
-            select(
-                Neighbour.product_id,
-                Neighbour.rank,
-                Neighbour.neighbour_id,
-                Neighbour.score,
-                Neighbour.model_id,
-            ).where(Neighbour.product_id.in_(chunk))
-        ):
-            pos = index.get(neighbour)
-            if mid != model_id or pos is None or not 1 <= rank <= k:
-                continue
-            lists.positions[row_of[pid], rank - 1] = pos
-            lists.scores[row_of[pid], rank - 1] = np.float32(score)
+    columns = (Neighbour.product_id, Neighbour.rank, Neighbour.neighbour_id, Neighbour.score)
+    find: Callable[[str], int | None]
+    if len(product_ids) > _ALL_LISTS:
+        # A rebuild: every list of the space in one read, those not asked for skipped below.
+        rows = read_rows(session, select(*columns).where(Neighbour.model_id == model_id))
+        find = vectors.index.get
+    else:
+        many = len(product_ids) > _FEW_LISTS
+        read = functools.partial(read_rows, session) if many else session.execute
+        rows = [
+            row
+            for chunk in _chunks(list(product_ids))
+            for row in read(
+                select(*columns).where(
+                    Neighbour.product_id.in_(chunk), Neighbour.model_id == model_id
+                )
+            )
+        ]
+        # Few lists (an add): binary search; many: one dict of every id.
+        find = vectors.index.get if many else vectors.position
+    for pid, rank, neighbour, score in rows:
+        row = row_of.get(pid)
+        pos = find(neighbour)
+        if row is None or pos is None or not 1 <= rank <= k:
+            continue
+        lists.positions[row, rank - 1] = pos
+        lists.scores[row, rank - 1] = np.float32(score)
     return lists
 
 
@@ -262,36 +298,81 @@ def write_lists(
     product_ids: Sequence[str],
     lists: Neighbours,
     model_id: str,
+    stored: Neighbours,
 ) -> None:
-    """Replace the stored lists of ``product_ids`` (delete, then insert, in one transaction)."""
-    for chunk in _chunks(list(product_ids)):
-        session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
-    rows = [
-        {
-            "product_id": pid,
-            "rank": rank + 1,
-            "neighbour_id": vectors.ids[pos],
-            "score": float(score),
-            "model_id": model_id,
+    """Make the stored lists of ``product_ids`` equal ``lists``, in the caller's transaction.
+
+    ``stored`` is what :func:`load_lists` read for them: only entries that differ are written
+    (upserts keyed by product and rank, so a row of another model is replaced too), and any
+    row past a list's new end is deleted. A list where a newcomer enters at rank r keeps its
+    rows above r untouched.
+    """
+    held = lists.positions != NO_NEIGHBOUR
+    differs = held & ((lists.positions != stored.positions) | (lists.scores != stored.scores))
+    there = stored.positions != NO_NEIGHBOUR
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    # On PostgreSQL a row known to be there is updated (cheaper than an upsert); anywhere else,
+    # and for rows read as absent (perhaps a row of another model), an upsert.
+    for statement, entries in (
+        (
+            (_UPDATE_UNNEST, differs & there),
+            (_UPSERT_UNNEST, differs & ~there),
+        )
+        if postgresql
+        else ((None, differs),)
+    ):
+        rows, ranks = np.nonzero(entries)
+        columns = {
+            "product_ids": [product_ids[row] for row in rows.tolist()],
+            "ranks": (ranks + 1).tolist(),
+            "neighbour_ids": [vectors.ids[pos] for pos in lists.positions[entries].tolist()],
+            "scores": lists.scores[entries].astype(np.float64).tolist(),
         }
-        for pid, positions, scores in zip(product_ids, lists.positions, lists.scores, strict=True)
-        for rank, (pos, score) in enumerate(zip(positions, scores, strict=True))
-        if pos != NO_NEIGHBOUR
-    ]
-    for rows_chunk in _chunks(rows, 5000):
-        session.execute(insert(Neighbour), list(rows_chunk))
+        for start in range(0, len(rows), _WRITE_ROWS):
+            part = {name: values[start : start + _WRITE_ROWS] for name, values in columns.items()}
+            if statement is not None:
+                # One statement, arrays as parameters: one round trip however many rows.
+                session.execute(statement, {**part, "model_id": model_id})
+                continue
+            upsert(
+                session,
+                Neighbour.__table__,
+                [
+                    {
+                        "product_id": p,
+                        "rank": r,
+                        "neighbour_id": n,
+                        "score": s,
+                        "model_id": model_id,
+                    }
+                    for p, r, n, s in zip(*part.values(), strict=True)
+                ],
+                keys=["product_id", "rank"],
+            )
+    # Rows past each list's end: left from a longer list (of this model or another), if any.
+    lengths = held.sum(axis=1)
+    for length in np.unique(lengths).tolist():
+        ids = [pid for pid, n in zip(product_ids, lengths.tolist(), strict=True) if n == length]
+        for chunk in _chunks(ids):
+            session.execute(
+                delete(Neighbour).where(Neighbour.product_id.in_(chunk), Neighbour.rank > length)
+            )
 
 
-def refresh_neighbours(session: Session, model_id: str, k: int, block_size: int) -> int:
+def refresh_neighbours(
+    session: Session, model_id: str, k: int, block_size: int, cache: SpaceCache | None = None
+) -> int:
     """Make the neighbour table exactly the top-k of every vector of ``model_id``.
 
     Computes every list, then rewrites only those that differ from the table (and drops lists
-    of products without a vector under this model).
+    of products without a vector under this model). With a ``cache``, the vectors come from it
+    and it keeps every list's end afterwards.
 
     Returns:
         The number of lists written or removed.
     """
-    vectors = load_vectors(session, model_id)
+    before = lock_lists(session)
+    vectors = load_vectors(session, model_id) if cache is None else cache.vectors(session, model_id)
     fresh = top_k(vectors.vectors, k, block_size)
     stored = load_lists(session, vectors, vectors.ids, model_id, k)
     rows = changed_rows(stored, fresh)
@@ -303,10 +384,16 @@ def refresh_neighbours(session: Session, model_id: str, k: int, block_size: int)
         changed_ids,
         Neighbours(fresh.positions[rows], fresh.scores[rows]),
         model_id,
+        Neighbours(stored.positions[rows], stored.scores[rows]),
     )
     orphans = sorted(_listed_any(session) - set(vectors.ids))
     for chunk in _chunks(orphans):
         session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
+    after = log_list_writes(session, before, changed_ids + orphans)
+    if cache is not None:
+        listed = fresh.positions[:, 0] != NO_NEIGHBOUR
+        ends = ListEnds(k, vectors, listed, fresh.scores[:, k - 1].copy(), {})
+        cache.keep_list_ends(session, model_id, ends, after)
     return len(changed_ids) + len(orphans)
 
 
@@ -324,25 +411,40 @@ def _listed_any(session: Session) -> set[str]:
     return set(session.scalars(select(Neighbour.product_id).where(Neighbour.rank == 1)))
 
 
-def _listed(session: Session, model_id: str) -> set[str]:
-    """Products that have a list under ``model_id`` (every list has a rank 1)."""
-    return set(
-        session.scalars(
-            select(Neighbour.product_id).where(Neighbour.model_id == model_id, Neighbour.rank == 1)
-        )
-    )
+def _list_ends(
+    product_ids: Sequence[str], lists: Neighbours, k: int
+) -> tuple[dict[str, float], list[str]]:
+    """The last scores of lists just written (-inf: shorter than k), and the products whose list
+    came out empty (no rows)."""
+    floors = lists.scores[:, k - 1].astype(np.float64)
+    empty = lists.positions[:, 0] == NO_NEIGHBOUR
+    kept = dict(zip(product_ids, floors.tolist(), strict=True))
+    gone = [pid for pid, none in zip(product_ids, empty.tolist(), strict=True) if none]
+    for pid in gone:
+        del kept[pid]
+    return kept, gone
 
 
-def _floors(session: Session, model_id: str, k: int) -> dict[str, tuple[float, str]]:
-    """Each full list's last entry (score, neighbour): what a newcomer must beat to enter."""
-    return {
-        pid: (score, neighbour)
-        for pid, score, neighbour in session.execute(
-            select(Neighbour.product_id, Neighbour.score, Neighbour.neighbour_id).where(
-                Neighbour.model_id == model_id, Neighbour.rank == k
-            )
-        )
-    }
+def _may_enter(
+    vectors: np.ndarray, old: np.ndarray, new: np.ndarray, floors: np.ndarray
+) -> np.ndarray:
+    """Which of the ``old`` lists (last scores ``floors``) some ``new`` vector may enter.
+
+    A float32 bound, never an exact test: a list it passes is read and merged exactly, and one
+    it rejects cannot change, since no newcomer comes within float32's error of its last entry.
+    """
+    if len(old) == 0 or len(new) == 0:
+        return np.zeros(len(old), dtype=bool)
+    best = np.full(len(vectors), -np.inf, dtype=np.float32)
+    x = np.asarray(vectors, dtype=np.float32)
+    candidates = x[new]
+    rows, cols = _ENTER_TILE
+    for r0 in range(0, len(x), rows):
+        block = x[r0 : r0 + rows]
+        for c0 in range(0, len(new), cols):
+            tile = block @ candidates[c0 : c0 + cols].T
+            np.maximum(best[r0 : r0 + rows], tile.max(axis=1), out=best[r0 : r0 + rows])
+    return np.asarray(best[old] >= floors - _ENTER_SLACK)
 
 
 def update_neighbours(
@@ -352,76 +454,82 @@ def update_neighbours(
     block_size: int,
     stale_ids: Iterable[str] = (),
     repair_ids: Iterable[str] = (),
+    cache: SpaceCache | None = None,
 ) -> int:
     """Bring the table up to date after products were added, replaced or deleted.
 
     Never a full rebuild: products without a list (new ones) and ``stale_ids`` (whose vector
     changed) are scored against everything; lists that held a stale product, and
     ``repair_ids`` (lists that held a product since deleted), are recomputed; every other list
-    is only scored against the new vectors and updated if they enter it. The table afterwards
-    equals :func:`refresh_neighbours`. Safe to run twice.
+    is only read, merged and written if a newcomer comes close to its last entry. The table
+    afterwards equals :func:`refresh_neighbours`. Safe to run twice.
+
+    With a ``cache`` (a worker's), the vectors and list ends come from it, checked against the
+    database, instead of being read in full.
 
     Returns:
         The number of lists written.
     """
+    before = lock_lists(session)  # no other writer of the lists until this transaction ends
     stale = set(stale_ids)
     repair = (lists_mentioning(session, stale) | set(repair_ids)) - stale
-    vectors = load_vectors(session, model_id)
-    present = set(vectors.ids)
-    listed = _listed(session, model_id)
+    if cache is None:
+        ends = read_list_ends(session, model_id, k, before)
+        vectors = load_vectors(session, model_id)
+    else:
+        ends = cache.list_ends(session, model_id, k, before)
+        vectors = cache.vectors(session, model_id)
+    ids = vectors.ids
+    ends = ends.along(vectors)
+    listed, floors = ends.listed, ends.floors
 
     # Lists of products that no longer have a vector, or whose vector changed, go first.
-    gone = sorted((listed - present) | (stale & listed))
-    for chunk in _chunks(gone):
+    stale_here = vectors.positions_found(stale)
+    gone = set(ends.elsewhere) | {ids[pos] for pos in stale_here[listed[stale_here]]}
+    for chunk in _chunks(sorted(gone)):
         session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
 
-    new_ids = sorted((present - listed) | (stale & present))
-    recompute = sorted(set(new_ids) | (repair & present))
-    old_ids = [pid for pid in vectors.ids if pid in listed and pid not in set(recompute)]
-    new = vectors.positions(new_ids)
-    old = vectors.positions(old_ids)
-    # Only lists whose last entry a newcomer beats can change: read just those.
-    entering = top_k(vectors.vectors, 1, block_size, queries=old, candidates=new)
-    floors = _floors(session, model_id, k)
-    index = {pid: pos for pos, pid in enumerate(vectors.ids)}
-    touched = [
-        row
-        for row, pid in enumerate(old_ids)
-        if entering.positions[row, 0] != NO_NEIGHBOUR
-        and _beats(entering.scores[row, 0], int(entering.positions[row, 0]), floors.get(pid), index)
-    ]
-    touched_ids = [old_ids[row] for row in touched]
+    is_new = ~listed
+    is_new[stale_here] = True
+    recompute = is_new.copy()
+    recompute[vectors.positions_found(repair)] = True
+    new = np.flatnonzero(is_new)
+    old = np.flatnonzero(~recompute)
+    touched = old[_may_enter(vectors.vectors, old, new, floors[old])]
+    touched_ids = [ids[pos] for pos in touched]
     current = load_lists(session, vectors, touched_ids, model_id, k)
     updated, _ = add_to_lists(
-        vectors.vectors, current, old[touched], new, k, block_size, new_lists=False
+        vectors.vectors, current, touched, new, k, block_size, new_lists=False
     )
     rows = changed_rows(current, updated)
-    fresh = top_k(vectors.vectors, k, block_size, queries=vectors.positions(recompute))
-    write_lists(
-        session,
-        vectors,
-        [touched_ids[row] for row in rows] + recompute,
-        Neighbours(
-            np.concatenate([updated.positions[rows], fresh.positions]),
-            np.concatenate([updated.scores[rows], fresh.scores]),
-        ),
-        model_id,
+    redo = np.flatnonzero(recompute)
+    redo_ids = [ids[pos] for pos in redo]
+    fresh = top_k(vectors.vectors, k, block_size, queries=redo)
+    stored = load_lists(session, vectors, redo_ids, model_id, k)
+    written_ids = [touched_ids[row] for row in rows] + redo_ids
+    written = Neighbours(
+        np.concatenate([updated.positions[rows], fresh.positions]),
+        np.concatenate([updated.scores[rows], fresh.scores]),
     )
-    return len(rows) + len(recompute)
-
-
-def _beats(
-    score: float, position: int, floor: tuple[float, str] | None, index: dict[str, int]
-) -> bool:
-    """Whether (score, position) ranks above a list's last entry (None: the list is short)."""
-    if floor is None or floor[1] not in index:
-        return True
-    floor_score = np.float32(floor[0])
-    return bool(score > floor_score or (score == floor_score and position < index[floor[1]]))
+    previous = Neighbours(
+        np.concatenate([current.positions[rows], stored.positions]),
+        np.concatenate([current.scores[rows], stored.scores]),
+    )
+    write_lists(session, vectors, written_ids, written, model_id, previous)
+    after = log_list_writes(session, before, written_ids + sorted(gone))
+    if cache is not None:
+        new_ends, empty = _list_ends(written_ids, written, k)
+        cache.keep_list_ends(session, model_id, ends.written(new_ends, sorted(gone) + empty), after)
+    return len(rows) + len(redo)
 
 
 def delete_products(
-    session: Session, product_ids: Sequence[str], model_id: str, k: int, block_size: int
+    session: Session,
+    product_ids: Sequence[str],
+    model_id: str,
+    k: int,
+    block_size: int,
+    cache: SpaceCache | None = None,
 ) -> int:
     """Delete products and repair every list that held one of them.
 
@@ -433,7 +541,7 @@ def delete_products(
         # Cascades remove their vectors, their lists and their places in other lists.
         session.execute(delete(Product).where(Product.id.in_(chunk)))
     session.flush()
-    return update_neighbours(session, model_id, k, block_size, repair_ids=affected)
+    return update_neighbours(session, model_id, k, block_size, repair_ids=affected, cache=cache)
 
 
 @dataclass(frozen=True)

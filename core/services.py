@@ -31,6 +31,7 @@ from core.models import Job, JobChunk, Product
 from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
 from core.settings import Settings
+from core.space_cache import SpaceCache
 from core.vectors import load_vectors
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,13 @@ def _space(session: Session, model_id: str, settings: Settings, **options: bool)
     )
 
 
-def finalise_index(session: Session, job_id: str, model_id: str, settings: Settings) -> None:
+def finalise_index(
+    session: Session,
+    job_id: str,
+    model_id: str,
+    settings: Settings,
+    cache: SpaceCache | None = None,
+) -> None:
     """Build the neighbour table once every chunk of an index job is embedded."""
     job = get_job(session, job_id)
     if job.state not in ("finalising", "running"):
@@ -160,7 +167,9 @@ def finalise_index(session: Session, job_id: str, model_id: str, settings: Setti
     started = time.perf_counter()
     lock_neighbour_table(session)
     space = _space(session, model_id, settings, refit=bool(job.params.get("refit")))
-    written = refresh_neighbours(session, space, settings.neighbours, settings.block_size)
+    written = refresh_neighbours(
+        session, space, settings.neighbours, settings.block_size, cache=cache
+    )
     errors = job.total - _embedded_count(session, job_id, model_id)
     finish_job(job, result={"model_id": space, "lists_written": written, "failed": errors})
     log.info(
@@ -196,8 +205,17 @@ def embed_job_products(
         yield job.done
 
 
-def link_job_products(session: Session, job_id: str, model_id: str, settings: Settings) -> int:
-    """Give an add-products job's products their lists and update every list they enter."""
+def link_job_products(
+    session: Session,
+    job_id: str,
+    model_id: str,
+    settings: Settings,
+    cache: SpaceCache | None = None,
+) -> int:
+    """Give an add-products job's products their lists and update every list they enter.
+
+    ``cache``: the worker's copy of the space, which spares reading every vector again.
+    """
     job = get_job(session, job_id)
     lock_neighbour_table(session)
     started = time.perf_counter()
@@ -208,6 +226,7 @@ def link_job_products(session: Session, job_id: str, model_id: str, settings: Se
         settings.neighbours,
         settings.block_size,
         stale_ids=job.params.get("replaced", []),
+        cache=cache,
     )
     failed = len(pending_products(session, model_id, job.params.get("product_ids", [])))
     finish_job(job, result={"model_id": space, "lists_written": written, "failed": failed})
@@ -222,14 +241,22 @@ def link_job_products(session: Session, job_id: str, model_id: str, settings: Se
     return written
 
 
-def delete_job_products(session: Session, job_id: str, model_id: str, settings: Settings) -> int:
+def delete_job_products(
+    session: Session,
+    job_id: str,
+    model_id: str,
+    settings: Settings,
+    cache: SpaceCache | None = None,
+) -> int:
     """Delete a job's products and repair every list that held them."""
     job = get_job(session, job_id)
     ids: list[str] = list(job.params.get("product_ids", []))
     start_job(job, total=len(ids))
     lock_neighbour_table(session)
     space = _space(session, model_id, settings)
-    written = delete_products(session, ids, space, settings.neighbours, settings.block_size)
+    written = delete_products(
+        session, ids, space, settings.neighbours, settings.block_size, cache=cache
+    )
     job.done = len(ids)
     finish_job(job, result={"deleted": ids, "lists_written": written})
     log.info("delete done job=%s products=%d lists_written=%d", job_id, len(ids), written)
@@ -240,7 +267,11 @@ def delete_job_products(session: Session, job_id: str, model_id: str, settings: 
 
 
 def search_job(
-    session: Session, encoder: ImageEncoder, job_id: str, settings: Settings
+    session: Session,
+    encoder: ImageEncoder,
+    job_id: str,
+    settings: Settings,
+    cache: SpaceCache | None = None,
 ) -> dict[str, Any]:
     """Embed a search job's photo and find its top-k in the catalogue, without adding it."""
     job = get_job(session, job_id)
@@ -256,7 +287,7 @@ def search_job(
         return {}
     # The space the stored lists live in; a search never fits a projection.
     space = _space(session, encoder.model_id, settings, fit=False)
-    vectors = load_vectors(session, space)
+    vectors = load_vectors(session, space) if cache is None else cache.vectors(session, space)
     query = project_queries(session, space, query)
     found = (
         search(vectors.vectors, query, settings.neighbours, settings.block_size)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from core.catalogue import read_catalogue
+from core.catalogue import CatalogueItem, read_catalogue
+from core.db import make_engine, make_sessionmaker, upgrade
 from core.encoder import PixelEncoder
 from core.errors import NotIndexed, ProductNotFound
 from core.indexing import (
@@ -26,9 +28,10 @@ from core.indexing import (
     update_neighbours,
 )
 from core.jobs import create_job, job_errors
-from core.models import Embedding, Job, Neighbour
+from core.models import Embedding, Job, Neighbour, Product
 from core.neighbours import top_k
 from core.projection import fit_projection
+from core.space_cache import SpaceCache, lock_lists, read_list_ends
 from core.vectors import VectorSet, project
 from tests.test_images import bad_files
 
@@ -228,6 +231,183 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
     assert refitted != space
     assert refresh_neighbours(db_session, refitted, K, 4) == 16
     assert _table(db_session) == _expected(db_session, refitted)
+
+
+# --- a worker's SpaceCache: checked against the database on every use ----------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database that several "processes" (engines) commit to."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("fresh_pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    upgrade(url)
+    return url
+
+
+def _sessions(url: str) -> sessionmaker[Session]:
+    """Another process's sessions: an engine of its own."""
+    return make_sessionmaker(make_engine(url))
+
+
+def _add(session: Session, encoder: PixelEncoder, items: list[CatalogueItem]) -> None:
+    sync_products(session, items)
+    for _ in embed_pending(session, encoder, pending_products(session, encoder.model_id), 4, 2):
+        pass
+
+
+def _assert_current(session: Session, cache: SpaceCache, model_id: str) -> None:
+    """What the cache gives equals what a fresh read gives, bit for bit."""
+    cached = cache.vectors(session, model_id)
+    fresh = load_vectors(session, model_id)
+    assert cached.ids == fresh.ids
+    assert np.array_equal(cached.vectors, fresh.vectors)
+    ends = cache.list_ends(session, model_id, K, lock_lists(session))
+    assert ends.along(cached).as_dict() == read_list_ends(session, model_id, K).as_dict()
+
+
+def _warm(url: str, encoder: PixelEncoder, items: list[CatalogueItem]) -> SpaceCache:
+    """Process A indexes ``items`` with its cache, as a worker's finalise task would."""
+    cache = SpaceCache()
+    with _sessions(url)() as session:
+        _add(session, encoder, items)
+        session.commit()
+        refresh_neighbours(session, encoder.model_id, K, 4, cache=cache)
+        session.commit()
+    return cache
+
+
+def test_a_warm_cache_follows_another_process_and_equals_a_rebuild(
+    shared_url: str,
+    pixel_encoder: PixelEncoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    items = read_catalogue(_colour_catalogue(tmp_path, count=20)).items
+    model = pixel_encoder.model_id
+    cache = _warm(shared_url, pixel_encoder, items[:10])
+    with _sessions(shared_url)() as other:  # another worker adds and links five products
+        _add(other, pixel_encoder, items[10:15])
+        other.commit()
+        assert update_neighbours(other, model, K, 4) >= 5
+        other.commit()
+
+    # Process A catches up on both without reading everything again.
+    def read_all(*_: object) -> None:
+        raise AssertionError("a warm cache read everything again")
+
+    monkeypatch.setattr("core.space_cache._read_vectors", read_all)
+    monkeypatch.setattr("core.space_cache.read_list_ends", read_all)
+    with _sessions(shared_url)() as session:
+        assert update_neighbours(session, model, K, 4, cache=cache) == 0  # nothing left to do
+        session.commit()
+        _add(session, pixel_encoder, items[15:])
+        session.commit()
+        assert update_neighbours(session, model, K, 4, cache=cache) >= 5
+        session.commit()
+        assert _table(session) == _expected(session, model)
+        monkeypatch.undo()
+        _assert_current(session, cache, model)
+
+
+def test_a_cache_is_read_again_after_another_process_deletes_or_replaces(
+    shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    root = _colour_catalogue(tmp_path, count=14)
+    items = read_catalogue(root).items
+    model = pixel_encoder.model_id
+    cache = _warm(shared_url, pixel_encoder, items)
+    other = _sessions(shared_url)
+
+    with other() as session:
+        delete_products(session, [items[3].product_id], model, K, 4)
+        session.commit()
+    with _sessions(shared_url)() as session:
+        _assert_current(session, cache, model)
+        assert items[3].product_id not in cache.vectors(session, model).ids
+        assert update_neighbours(session, model, K, 4, cache=cache) == 0
+        session.commit()
+
+    # A new photo, as the web app registers one: the old vector stays until it is redone.
+    replaced = items[5].product_id
+    with other() as session:
+        session.execute(
+            update(Product).where(Product.id == replaced).values(content_hash="a new photo")
+        )
+        session.commit()
+    with _sessions(shared_url)() as session:
+        _assert_current(session, cache, model)
+        assert replaced not in cache.vectors(session, model).ids
+        session.commit()
+    Image.new("RGB", (32, 24), (5, 250, 5)).save(items[5].path)
+    with other() as session:
+        _add(session, pixel_encoder, [items[5]])
+        update_neighbours(session, model, K, 4, stale_ids=[replaced])
+        session.commit()
+    with _sessions(shared_url)() as session:
+        _assert_current(session, cache, model)
+        assert update_neighbours(session, model, K, 4, cache=cache) == 0
+        assert _table(session) == _expected(session, model)
+
+
+def test_a_cache_keeps_nothing_from_a_rolled_back_transaction(
+    shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    items = read_catalogue(_colour_catalogue(tmp_path, count=12)).items
+    model = pixel_encoder.model_id
+    cache = _warm(shared_url, pixel_encoder, items[:10])
+    with _sessions(shared_url)() as session:
+        _add(session, pixel_encoder, items[10:11])
+        assert update_neighbours(session, model, K, 4, cache=cache) >= 1
+        assert items[10].product_id in cache.vectors(session, model).ids
+        session.rollback()
+        # Another process adds one, committed late: the row count is what it was with the
+        # rolled-back one, so only having dropped what the rollback saw keeps the cache right.
+        with _sessions(shared_url)() as other:
+            _add(other, pixel_encoder, items[11:])
+            other.execute(
+                update(Embedding)
+                .where(Embedding.product_id == items[11].product_id)
+                .values(created_at=datetime.now(UTC) - timedelta(days=1))
+            )
+            other.commit()
+        _assert_current(session, cache, model)
+        assert items[10].product_id not in cache.vectors(session, model).ids
+        update_neighbours(session, model, K, 4, cache=cache)
+        assert _table(session) == _expected(session, model)
+
+
+def test_a_late_insert_outside_the_window_is_found_by_the_count(
+    shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    items = read_catalogue(_colour_catalogue(tmp_path, count=11)).items
+    model = pixel_encoder.model_id
+    cache = _warm(shared_url, pixel_encoder, items[:10])
+    with _sessions(shared_url)() as other:
+        _add(other, pixel_encoder, items[10:])
+        # As if created long ago and committed only now.
+        other.execute(update(Embedding).values(created_at=datetime.now(UTC) - timedelta(days=1)))
+        other.commit()
+    with _sessions(shared_url)() as session:
+        _assert_current(session, cache, model)
+        assert items[10].product_id in cache.vectors(session, model).ids
+
+
+def test_lists_written_outside_the_log_are_read_again(
+    shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    items = read_catalogue(_colour_catalogue(tmp_path, count=10)).items
+    model = pixel_encoder.model_id
+    cache = _warm(shared_url, pixel_encoder, items)
+    with _sessions(shared_url)() as other:  # a hand-made change no log records
+        other.execute(update(Neighbour).where(Neighbour.rank == K).values(score=0.125))
+        other.commit()
+    with _sessions(shared_url)() as session:
+        _assert_current(session, cache, model)
+        ends = cache.list_ends(session, model, K, lock_lists(session))
+        assert set(ends.as_dict().values()) == {0.125}
 
 
 def test_projecting_a_row_alone_gives_the_bits_of_a_full_projection() -> None:

@@ -215,6 +215,47 @@ def test_two_add_jobs_at_once_lose_nothing(
     assert count(url, Product) == 5 + sum(len(b) for b in batches)
 
 
+def test_workers_caches_stay_right_across_adds_replacements_and_deletes(
+    client: FlaskClient, workers: Workers, fashion_dev: Path, service_env: dict[str, str]
+) -> None:
+    """Each worker keeps its copy of the vectors and list ends between tasks; whichever worker
+    takes each job, what the others changed in between must be seen, never a stale copy."""
+    url = service_env["LOOKALIKE_DATABASE_URL"]
+    workers.start(2)
+    steps: list[tuple[str, Any]] = [
+        ("add", TSHIRTS[:3] + SHOES[:2]),
+        ("add", [TSHIRTS[3], SHOES[2]]),
+        ("add", [TSHIRTS[4]]),
+        # A new photo for an existing product: its old vector must not be used again.
+        ("replace", (TSHIRTS[0], SHOES[3])),
+        ("delete", SHOES[1]),
+        ("add", [TSHIRTS[5], "10098"]),
+        ("delete", TSHIRTS[2]),
+        ("add", [TSHIRTS[6]]),
+    ]
+    for kind, what in steps:
+        if kind == "add":
+            response = post_images(client, photos(fashion_dev, what))
+        elif kind == "replace":
+            product, photo = what
+            response = post_images(client, photos(fashion_dev, [photo]), ids=[product])
+        else:
+            response = client.delete(f"/api/products/{what}")
+        assert response.status_code == 202, response.get_json()
+        job = wait_job(client, response.get_json()["job_id"])
+        assert job["state"] == "succeeded", (kind, what, job)
+        assert stored_table(url) == rebuilt_table(url), (kind, what)
+    # A search sees the replaced photo, not the old one.
+    image = (fashion_dev / "images" / f"{SHOES[3]}.jpg").read_bytes()
+    response = client.post(
+        "/api/search",
+        data={"image": (io.BytesIO(image), "query.jpg")},
+        content_type="multipart/form-data",
+    )
+    hits = wait_job(client, response.get_json()["job_id"])["result"]["neighbours"]
+    assert hits[0]["id"] == TSHIRTS[0] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
 def test_bad_uploads_are_refused_or_recorded(
     client: FlaskClient,
     workers: Workers,

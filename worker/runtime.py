@@ -1,4 +1,5 @@
-"""What a worker process holds for its whole life: settings, a database engine, the model."""
+"""What a worker process holds for its whole life: settings, a database engine, the model, and
+its copy of the spaces it works in."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from core.db import make_engine, make_sessionmaker
 from core.encoder import VGG16Encoder, load_encoder
 from core.settings import Settings
+from core.space_cache import SpaceCache
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,8 @@ class WorkerRuntime:
         self.engine = make_engine(settings.database_url)
         self._sessions = make_sessionmaker(self.engine)
         self._encoder: VGG16Encoder | None = None
+        # Vectors and list ends kept between tasks, checked against the database on each use.
+        self.cache = SpaceCache()
 
     @property
     def encoder(self) -> VGG16Encoder:

@@ -73,7 +73,7 @@ def index_chunk(job_id: str, chunk_no: int) -> None:
 def finalise_index_task(job_id: str) -> None:
     runtime = get_runtime()
     with runtime.session() as session:
-        finalise_index(session, job_id, runtime.encoder.model_id, runtime.settings)
+        finalise_index(session, job_id, runtime.encoder.model_id, runtime.settings, runtime.cache)
         session.commit()
 
 
@@ -86,7 +86,7 @@ def add_products(job_id: str) -> None:
             session, runtime.encoder, job_id, s.batch_size, s.decode_workers
         ):
             session.commit()
-        link_job_products(session, job_id, runtime.encoder.model_id, s)
+        link_job_products(session, job_id, runtime.encoder.model_id, s, runtime.cache)
         session.commit()
 
 
@@ -95,7 +95,7 @@ def delete_products(job_id: str) -> None:
     runtime = get_runtime()
     s = runtime.settings
     with runtime.session() as session:
-        delete_job_products(session, job_id, runtime.encoder.model_id, s)
+        delete_job_products(session, job_id, runtime.encoder.model_id, s, runtime.cache)
         session.commit()
 
 
@@ -104,5 +104,5 @@ def search(job_id: str) -> None:
     runtime = get_runtime()
     s = runtime.settings
     with runtime.session() as session:
-        search_job(session, runtime.encoder, job_id, s)
+        search_job(session, runtime.encoder, job_id, s, runtime.cache)
         session.commit()
