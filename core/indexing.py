@@ -45,11 +45,9 @@ _UNNEST = (
     "CAST(:neighbour_ids AS varchar[]), CAST(:scores AS double precision[])) "
     "AS row (product_id, rank, neighbour_id, score)"
 )
-_UPSERT_UNNEST = text(
+_INSERT_UNNEST = text(
     "INSERT INTO neighbours (product_id, rank, neighbour_id, score, model_id) "
-    f"SELECT product_id, rank, neighbour_id, score, :model_id FROM {_UNNEST} "
-    "ON CONFLICT (product_id, rank) DO UPDATE SET neighbour_id = excluded.neighbour_id, "
-    "score = excluded.score, model_id = excluded.model_id"
+    f"SELECT product_id, rank, neighbour_id, score, :model_id FROM {_UNNEST}"
 )
 _UPDATE_UNNEST = text(
     "UPDATE neighbours SET neighbour_id = row.neighbour_id, score = row.score, "
@@ -260,13 +258,29 @@ def load_lists(
 ) -> Neighbours:
     """Stored lists of ``product_ids`` as positions in ``vectors`` (rows of another model, or
     naming products no longer there, read as absent)."""
+    return _read_lists(session, vectors, product_ids, model_id, k)[0]
+
+
+def _read_lists(
+    session: Session, vectors: VectorSet, product_ids: Sequence[str], model_id: str, k: int
+) -> tuple[Neighbours, set[str]]:
+    """:func:`load_lists`, and the products with a row it read as absent (another model's, past
+    rank k, or naming a product with no vector here): for every other one the table holds
+    exactly what was read."""
     lists = empty_lists(len(product_ids), k)
+    untidy: set[str] = set()
     row_of = {pid: row for row, pid in enumerate(product_ids)}
-    columns = (Neighbour.product_id, Neighbour.rank, Neighbour.neighbour_id, Neighbour.score)
+    columns = (
+        Neighbour.product_id,
+        Neighbour.rank,
+        Neighbour.neighbour_id,
+        Neighbour.score,
+        Neighbour.model_id,
+    )
     find: Callable[[str], int | None]
     if len(product_ids) > _ALL_LISTS:
-        # A rebuild: every list of the space in one read, those not asked for skipped below.
-        rows = read_rows(session, select(*columns).where(Neighbour.model_id == model_id))
+        # A rebuild: every list in one read, those not asked for skipped below.
+        rows = read_rows(session, select(*columns))
         find = vectors.index.get
     else:
         many = len(product_ids) > _FEW_LISTS
@@ -274,22 +288,21 @@ def load_lists(
         rows = [
             row
             for chunk in _chunks(list(product_ids))
-            for row in read(
-                select(*columns).where(
-                    Neighbour.product_id.in_(chunk), Neighbour.model_id == model_id
-                )
-            )
+            for row in read(select(*columns).where(Neighbour.product_id.in_(chunk)))
         ]
         # Few lists (an add): binary search; many: one dict of every id.
         find = vectors.index.get if many else vectors.position
-    for pid, rank, neighbour, score in rows:
+    for pid, rank, neighbour, score, mid in rows:
         row = row_of.get(pid)
+        if row is None:
+            continue
         pos = find(neighbour)
-        if row is None or pos is None or not 1 <= rank <= k:
+        if mid != model_id or pos is None or not 1 <= rank <= k:
+            untidy.add(pid)
             continue
         lists.positions[row, rank - 1] = pos
         lists.scores[row, rank - 1] = np.float32(score)
-    return lists
+    return lists, untidy
 
 
 def write_lists(
@@ -299,25 +312,31 @@ def write_lists(
     lists: Neighbours,
     model_id: str,
     stored: Neighbours,
+    untidy: set[str],
 ) -> None:
     """Make the stored lists of ``product_ids`` equal ``lists``, in the caller's transaction.
 
-    ``stored`` is what :func:`load_lists` read for them: only entries that differ are written
-    (upserts keyed by product and rank, so a row of another model is replaced too), and any
-    row past a list's new end is deleted. A list where a newcomer enters at rank r keeps its
-    rows above r untouched.
+    ``stored`` and ``untidy`` are what :func:`_read_lists` gave for them. An untidy list is
+    deleted and written whole; for any other the table holds exactly ``stored``, so only the
+    entries that differ are written and only ranks past a shorter list's end deleted: a list
+    that a newcomer enters at rank r keeps its rows above r untouched.
     """
-    held = lists.positions != NO_NEIGHBOUR
-    differs = held & ((lists.positions != stored.positions) | (lists.scores != stored.scores))
-    there = stored.positions != NO_NEIGHBOUR
-    postgresql = session.get_bind().dialect.name == "postgresql"
-    # On PostgreSQL a row known to be there is updated (cheaper than an upsert); anywhere else,
-    # and for rows read as absent (perhaps a row of another model), an upsert.
-    for statement, entries in (
-        (
-            (_UPDATE_UNNEST, differs & there),
-            (_UPSERT_UNNEST, differs & ~there),
+    redo = np.array([pid in untidy for pid in product_ids], dtype=bool)
+    if redo.any():
+        for chunk in _chunks([pid for pid in product_ids if pid in untidy]):
+            session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
+        stored = Neighbours(
+            np.where(redo[:, None], NO_NEIGHBOUR, stored.positions),
+            np.where(redo[:, None], np.float32(-np.inf), stored.scores),
         )
+    held = lists.positions != NO_NEIGHBOUR
+    there = stored.positions != NO_NEIGHBOUR
+    differs = held & ((lists.positions != stored.positions) | (lists.scores != stored.scores))
+    # On PostgreSQL a row known to be there is updated, a new one inserted, each in one
+    # statement over arrays; elsewhere, upserts.
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    for statement, entries in (
+        ((_UPDATE_UNNEST, differs & there), (_INSERT_UNNEST, differs & ~there))
         if postgresql
         else ((None, differs),)
     ):
@@ -331,7 +350,6 @@ def write_lists(
         for start in range(0, len(rows), _WRITE_ROWS):
             part = {name: values[start : start + _WRITE_ROWS] for name, values in columns.items()}
             if statement is not None:
-                # One statement, arrays as parameters: one round trip however many rows.
                 session.execute(statement, {**part, "model_id": model_id})
                 continue
             upsert(
@@ -349,11 +367,17 @@ def write_lists(
                 ],
                 keys=["product_id", "rank"],
             )
-    # Rows past each list's end: left from a longer list (of this model or another), if any.
+    # Stored ranks past a list's new end (it got shorter, or had a hole where a product was
+    # deleted).
     lengths = held.sum(axis=1)
-    for length in np.unique(lengths).tolist():
-        ids = [pid for pid, n in zip(product_ids, lengths.tolist(), strict=True) if n == length]
-        for chunk in _chunks(ids):
+    past_end = (there & (np.arange(there.shape[1]) >= lengths[:, None])).any(axis=1)
+    for length in np.unique(lengths[past_end]).tolist():
+        cut = [
+            pid
+            for pid, n, cut_here in zip(product_ids, lengths, past_end, strict=True)
+            if cut_here and n == length
+        ]
+        for chunk in _chunks(cut):
             session.execute(
                 delete(Neighbour).where(Neighbour.product_id.in_(chunk), Neighbour.rank > length)
             )
@@ -374,9 +398,9 @@ def refresh_neighbours(
     before = lock_lists(session)
     vectors = load_vectors(session, model_id) if cache is None else cache.vectors(session, model_id)
     fresh = top_k(vectors.vectors, k, block_size)
-    stored = load_lists(session, vectors, vectors.ids, model_id, k)
-    rows = changed_rows(stored, fresh)
-    # Rows whose model id differs would read as absent above and so count as changed too.
+    stored, untidy = _read_lists(session, vectors, vectors.ids, model_id, k)
+    # Lists with rows read as absent (another model's, say) count as changed too.
+    rows = np.union1d(changed_rows(stored, fresh), vectors.positions_found(untidy))
     changed_ids = [vectors.ids[row] for row in rows]
     write_lists(
         session,
@@ -385,6 +409,7 @@ def refresh_neighbours(
         Neighbours(fresh.positions[rows], fresh.scores[rows]),
         model_id,
         Neighbours(stored.positions[rows], stored.scores[rows]),
+        untidy,
     )
     orphans = sorted(_listed_any(session) - set(vectors.ids))
     for chunk in _chunks(orphans):
@@ -497,7 +522,7 @@ def update_neighbours(
     old = np.flatnonzero(~recompute)
     touched = old[_may_enter(vectors.vectors, old, new, floors[old])]
     touched_ids = [ids[pos] for pos in touched]
-    current = load_lists(session, vectors, touched_ids, model_id, k)
+    current, untidy = _read_lists(session, vectors, touched_ids, model_id, k)
     updated, _ = add_to_lists(
         vectors.vectors, current, touched, new, k, block_size, new_lists=False
     )
@@ -505,7 +530,7 @@ def update_neighbours(
     redo = np.flatnonzero(recompute)
     redo_ids = [ids[pos] for pos in redo]
     fresh = top_k(vectors.vectors, k, block_size, queries=redo)
-    stored = load_lists(session, vectors, redo_ids, model_id, k)
+    stored, untidy_redo = _read_lists(session, vectors, redo_ids, model_id, k)
     written_ids = [touched_ids[row] for row in rows] + redo_ids
     written = Neighbours(
         np.concatenate([updated.positions[rows], fresh.positions]),
@@ -515,7 +540,7 @@ def update_neighbours(
         np.concatenate([current.positions[rows], stored.positions]),
         np.concatenate([current.scores[rows], stored.scores]),
     )
-    write_lists(session, vectors, written_ids, written, model_id, previous)
+    write_lists(session, vectors, written_ids, written, model_id, previous, untidy | untidy_redo)
     after = log_list_writes(session, before, written_ids + sorted(gone))
     if cache is not None:
         new_ends, empty = _list_ends(written_ids, written, k)

@@ -183,6 +183,22 @@ def test_incremental_add_and_delete_equal_a_full_rebuild(
         similar_products(db_session, victim)
 
 
+def test_deletes_that_shorten_lists_equal_a_full_rebuild(
+    db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    """With fewer than K others left, lists get shorter: no row may stay past their end."""
+    items = read_catalogue(_colour_catalogue(tmp_path, count=5)).items
+    model = pixel_encoder.model_id
+    _add(db_session, pixel_encoder, items)
+    refresh_neighbours(db_session, model, K, 4)
+    assert len(_table(db_session)) == 5 * K
+    for victim in (items[1].product_id, items[3].product_id):
+        delete_products(db_session, [victim], model, K, 4, cache=SpaceCache())
+        assert _table(db_session) == _expected(db_session, model)
+    assert len(_table(db_session)) == 3 * 2
+    assert refresh_neighbours(db_session, model, K, 4) == 0
+
+
 def test_pca_projection_is_fitted_once_and_kept_for_adds(
     db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
 ) -> None:
