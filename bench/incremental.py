@@ -6,7 +6,9 @@ that same starting point `update_neighbours`, what the worker's add task runs, i
 
 * warm: with the worker's `SpaceCache` as earlier tasks left it (it last saw the catalogue
   without the m products: it must find them, check that nothing else changed, and read the lists
-  they may enter); the median of --repeats runs, each rolled back;
+  they may enter); --warmup runs first, untimed (a worker past its first tasks: psycopg has
+  prepared its statements, memory is allocated), then the median of --repeats runs, each rolled
+  back;
 * cold: with an empty cache, as in a worker process's first task (every vector and every list's
   last entry read from SQL); one run, rolled back;
 
@@ -17,7 +19,7 @@ that shows the incremental table is identical to a rebuild.
 The database is changed while this runs and put back after each m: point it at a copy
 (`createdb -T lookalike_44k lookalike_44k_incr`). It is first upgraded to the latest schema.
 
-    python bench/incremental.py --database-url URL [--adds 1,10,100] [--repeats 5]
+    python bench/incremental.py --database-url URL [--adds 1,10,100] [--repeats 9] [--warmup 3]
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def timed(run: Callable[[], Any]) -> tuple[float, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--adds", default="1,10,100")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--database-url", default=os.environ.get("LOOKALIKE_DATABASE_URL"))
     args = parser.parse_args()
 
@@ -114,6 +117,9 @@ def main() -> None:
             cold, cold_written = timed(lambda: update(session, SpaceCache()))
             session.rollback()
             warm_runs = []
+            for _ in range(args.warmup):
+                update(session, worker_cache)
+                session.rollback()
             for _ in range(args.repeats):
                 seconds, warm_written = timed(lambda: update(session, worker_cache))
                 session.rollback()
@@ -127,31 +133,34 @@ def main() -> None:
             start = time.perf_counter()
             session.commit()
             full += time.perf_counter() - start
-        warm = statistics.median(warm_runs)
-        rows.append((m, warm, commit, cold, written, full, left))
+        rows.append((m, warm_runs, commit, cold, written, full, left))
 
     lines = [
-        "| products added | incremental, warm cache | commit | incremental, cold cache "
+        "| products added | incremental, warm cache: median (fastest to slowest) | commit "
+        "| incremental, cold cache "
         "| lists written | full rebuild | speed-up, warm + commit (cold) "
         "| identical (rebuild changed nothing) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for m, warm, commit, cold, written, full, left in rows:
+    for m, warm_runs, commit, cold, written, full, left in rows:
+        warm = statistics.median(warm_runs)
         lines.append(
-            f"| {m} | {warm * 1000:.0f} ms | {commit * 1000:.0f} ms | {cold:.2f} s | {written} "
+            f"| {m} | {warm * 1000:.0f} ms ({min(warm_runs) * 1000:.0f} to "
+            f"{max(warm_runs) * 1000:.0f} ms) | {commit * 1000:.0f} ms | {cold:.2f} s | {written} "
             f"| {full:.1f} s | {full / (warm + commit):.0f}x ({full / cold:.0f}x) "
             f"| {'yes' if left == 0 else f'NO: {left} lists differ'} |"
         )
     record(
         f"Incremental add against full rebuild, {len(ids):,} products, {model_id}",
         "\n".join(lines),
-        "Warm: the worker's SpaceCache as earlier tasks left it, median of "
-        f"{args.repeats} runs; cold: an empty cache (a worker's first task), one run. Both "
+        "Warm: the worker's SpaceCache as earlier tasks left it, after "
+        f"{args.warmup} untimed runs, {args.repeats} timed; cold: an empty cache (a worker's "
+        "first task), one run. Both "
         "include checking the cache against SQL, reading the lists that may change and writing "
         "those that do (flushed; the commit is timed once, after the last warm run). The full "
         "rebuild reads every vector and list from SQL and includes its commit. On "
-        f"{engine.dialect.name}. Command: `python bench/incremental.py --adds {args.adds} "
-        f"--repeats {args.repeats}`.",
+        f"{engine.dialect.name}, analysed first. Command: `python bench/incremental.py "
+        f"--adds {args.adds} --repeats {args.repeats} --warmup {args.warmup}`.",
     )
 
 
