@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=16, ge=1, description="Images per model call.")
     decode_workers: int = Field(default=2, ge=1, description="Threads that decode images.")
     neighbours: int = Field(default=10, ge=1, description="k: neighbours kept per product.")
-    block_size: int = Field(default=2048, ge=16, description="Rows per block of neighbour maths.")
+    block_size: int = Field(default=2048, ge=16, description="Queries per neighbour-search block.")
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="Larger images are refused (decompression bombs)."
     )
