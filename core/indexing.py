@@ -26,7 +26,14 @@ from core.models import Embedding, Job, Neighbour, Product, ProjectionRecord
 from core.neighbours import NO_NEIGHBOUR, Neighbours, add_to_lists, changed_rows, empty_lists, top_k
 from core.pipeline import EmbeddedBatch, embed_images
 from core.projection import fit_projection
-from core.space_cache import ListEnds, SpaceCache, lock_lists, log_list_writes, read_list_ends
+from core.space_cache import (
+    ListEnds,
+    SpaceCache,
+    lock_lists,
+    log_list_writes,
+    read_list_ends,
+    space_vectors,
+)
 from core.vectors import SPACE_SEPARATOR, get_projection, read_rows
 
 # Re-exported: evaluation, tests and benches import these from here.
@@ -396,7 +403,7 @@ def refresh_neighbours(
         The number of lists written or removed.
     """
     before = lock_lists(session)
-    vectors = load_vectors(session, model_id) if cache is None else cache.vectors(session, model_id)
+    vectors = space_vectors(session, model_id, cache)
     fresh = top_k(vectors.vectors, k, block_size)
     stored, untidy = _read_lists(session, vectors, vectors.ids, model_id, k)
     # Lists with rows read as absent (another model's, say) count as changed too.
@@ -500,10 +507,9 @@ def update_neighbours(
     repair = (lists_mentioning(session, stale) | set(repair_ids)) - stale
     if cache is None:
         ends = read_list_ends(session, model_id, k, before)
-        vectors = load_vectors(session, model_id)
     else:
         ends = cache.list_ends(session, model_id, k, before)
-        vectors = cache.vectors(session, model_id)
+    vectors = space_vectors(session, model_id, cache)
     ids = vectors.ids
     ends = ends.along(vectors)
     listed, floors = ends.listed, ends.floors

@@ -31,8 +31,7 @@ from core.models import Job, JobChunk, Product
 from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
 from core.settings import Settings
-from core.space_cache import SpaceCache
-from core.vectors import load_vectors
+from core.space_cache import SpaceCache, space_vectors
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +286,7 @@ def search_job(
         return {}
     # The space the stored lists live in; a search never fits a projection.
     space = _space(session, encoder.model_id, settings, fit=False)
-    vectors = load_vectors(session, space) if cache is None else cache.vectors(session, space)
+    vectors = space_vectors(session, space, cache)
     query = project_queries(session, space, query)
     found = (
         search(vectors.vectors, query, settings.neighbours, settings.block_size)

@@ -37,7 +37,15 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from core.models import ChangeCounter, Embedding, ListWrite, Neighbour, Product
 from core.projection import Projection
-from core.vectors import VectorSet, get_projection, project, read_rows, split_space, stacked
+from core.vectors import (
+    VectorSet,
+    get_projection,
+    load_vectors,
+    project,
+    read_rows,
+    split_space,
+    stacked,
+)
 
 VECTORS = "vectors"
 NEIGHBOURS = "neighbours"
@@ -400,3 +408,9 @@ class SpaceCache:
         # savepoint going either way) drops it.
         if transaction.parent is None or transaction.nested:
             session.info.get(self._key, {}).clear()
+
+
+def space_vectors(session: Session, model_id: str, cache: SpaceCache | None) -> VectorSet:
+    """The vectors of space ``model_id``: from the worker's ``cache`` when it has one, else
+    read from SQL."""
+    return load_vectors(session, model_id) if cache is None else cache.vectors(session, model_id)
