@@ -5,19 +5,23 @@ to filter by, a product's lookalikes, and recent jobs with their per-image error
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     CompoundSelect,
     Connection,
+    Engine,
     Float,
     Integer,
     Select,
     String,
+    Text,
     bindparam,
+    cast,
     func,
     literal_column,
     null,
@@ -26,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from core.db import DriverStatement
 from core.errors import NotIndexed, ProductNotFound
 from core.indexing import ProductSummary, SimilarProduct, similar_products
 from core.jobs import recent_jobs
@@ -143,20 +148,26 @@ class Lookalikes:
     neighbours: list[SimilarProduct]
 
 
-def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, Any]]:
+def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, str | None]]:
     products, neighbours = Product.__table__, Neighbour.__table__
     listed = products.alias("listed")
     product_id = bindparam("product_id", type_=String)
     # The product itself comes first as rank 0. Table columns, not ORM attributes, and one
-    # statement built once: no ORM loading and no cache key to compute per request.
+    # statement built once: no ORM loading and no cache key to compute per request. The
+    # metadata comes as its JSON text, parsed here by orjson, whatever the driver.
     return union_all(
         select(
             literal_column("0", Integer).label("rank"),
             null().cast(Float).label("score"),
             products.c.id,
-            products.c.meta,
+            cast(products.c.meta, Text).label("meta"),
         ).where(products.c.id == product_id),
-        select(neighbours.c.rank, neighbours.c.score, listed.c.id, listed.c.meta)
+        select(
+            neighbours.c.rank,
+            neighbours.c.score,
+            listed.c.id,
+            cast(listed.c.meta, Text).label("meta"),
+        )
         .join(listed, listed.c.id == neighbours.c.neighbour_id)
         .where(neighbours.c.product_id == product_id),
     ).order_by(literal_column("rank"))
@@ -165,34 +176,63 @@ def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, Any]
 _LOOKALIKES = _lookalikes_statement()
 
 
+def _summary(product_id: str, meta: str | None) -> ProductSummary:
+    return ProductSummary(product_id, orjson.loads(meta) if meta else {})
+
+
+def _lookalikes_from_rows(
+    rows: Sequence[Any], product_id: str, full_read: Callable[[], Lookalikes]
+) -> Lookalikes:
+    if not rows:
+        raise ProductNotFound(product_id)
+    if len(rows) == 1:
+        # Rare: let the full read say why there is no list (or find one written meanwhile).
+        return full_read()
+    (_, _, own_id, own_meta), *listed = rows
+    return Lookalikes(
+        _summary(own_id, own_meta),
+        [SimilarProduct(rank, _summary(pid, meta), score) for rank, score, pid, meta in listed],
+    )
+
+
+def _full_read(connection: Connection, product_id: str) -> Lookalikes:
+    with Session(bind=connection) as session:
+        product, neighbours = similar_products(session, product_id)
+    return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours)
+
+
 def lookalikes(connection: Connection, product_id: str) -> Lookalikes:
-    """A product and its stored neighbour list as plain rows: the storefront's hot path.
+    """A product and its stored neighbour list as plain rows, read with one statement.
 
     It takes a ``Connection``, not a ``Session``: a Session's bookkeeping costs as much as the
     query here. One statement reads both, so they come from one snapshot even outside a
-    transaction, and the web tier runs it in autocommit (``core.db.make_read_engine``). The
-    caller owns the connection (``session.connection()`` gives a session's).
+    transaction. The caller owns the connection (``session.connection()`` gives a session's).
 
     Raises:
         ProductNotFound: no such product.
         NotIndexed: the product has no neighbour list yet.
     """
     rows = connection.execute(_LOOKALIKES, {"product_id": product_id}).all()
-    if not rows:
-        raise ProductNotFound(product_id)
-    if len(rows) == 1:
-        # Rare: let the full read say why there is no list (or find one written meanwhile).
-        with Session(bind=connection) as session:
-            product, neighbours = similar_products(session, product_id)
-        return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours)
-    (_, _, own_id, own_meta), *listed = rows
-    return Lookalikes(
-        ProductSummary(own_id, own_meta or {}),
-        [
-            SimilarProduct(rank, ProductSummary(pid, meta or {}), score)
-            for rank, score, pid, meta in listed
-        ],
-    )
+    return _lookalikes_from_rows(rows, product_id, lambda: _full_read(connection, product_id))
+
+
+class LookalikesReader:
+    """``lookalikes`` for the storefront's hot path, the same statement on the driver's own
+    cursor (``core.db.DriverStatement``), on an engine of its own in autocommit
+    (``core.db.make_read_engine``): no BEGIN, no ROLLBACK, no ping, no SQLAlchemy rows."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._statement = DriverStatement(engine, _LOOKALIKES)
+
+    def __call__(self, product_id: str) -> Lookalikes:
+        """Raises ``ProductNotFound`` or ``NotIndexed`` as ``lookalikes`` does."""
+        rows = self._statement.rows(product_id=product_id)
+        return _lookalikes_from_rows(rows, product_id, lambda: self._full_read(product_id))
+
+    def _full_read(self, product_id: str) -> Lookalikes:
+        with self.engine.connect() as connection:
+            return _full_read(connection, product_id)
 
 
 @dataclass

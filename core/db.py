@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import ClauseElement, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
 
 import migrations
-
-T = TypeVar("T")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -32,7 +29,7 @@ def make_read_engine(url: str, **kwargs: Any) -> Engine:
 
     Autocommit: a statement reads one snapshot on its own, and there is no BEGIN before it nor
     ROLLBACK after it, two round trips saved; so nothing to reset when a connection goes back
-    to the pool. No ping before each checkout either, a third round trip: ``read_retrying``
+    to the pool. No ping before each checkout either, a third round trip: ``DriverStatement``
     instead tries a read once more when its connection turns out dead.
     """
     kwargs.setdefault("isolation_level", "AUTOCOMMIT")
@@ -41,18 +38,52 @@ def make_read_engine(url: str, **kwargs: Any) -> Engine:
     return make_engine(url, **kwargs)
 
 
-def read_retrying(engine: Engine, read: Callable[[Connection], T]) -> T:
-    """``read(connection)`` on a connection of ``engine``, run once more on a new connection
-    if the first was dead (the database restarted since it was opened). SQLAlchemy then also
-    drops the rest of the pool. Only for reads: a write might have happened."""
-    try:
-        with engine.connect() as connection:
-            return read(connection)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-    with engine.connect() as connection:
-        return read(connection)
+class DriverStatement:
+    """A read compiled once for an engine's dialect and run on the driver's own cursor.
+
+    SQLAlchemy's ``Connection`` and result rows cost more than the query itself on the hot
+    read path (about 0.2 ms a call, measured in bench/read_path.py's notes); this keeps its
+    pool, its compiler and its dialect, and drops the rest. So only for statements whose
+    parameters and columns need no type processing (strings, numbers, JSON read as text).
+
+    A connection that turns out dead (the database restarted since it was pooled) costs one
+    retry on a new pool, not an error; only reads, as a write might have happened.
+    """
+
+    def __init__(self, engine: Engine, statement: ClauseElement) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.engine = engine
+        self.sql = str(compiled)
+        self._positions = compiled.positiontup if compiled.positional else None
+
+    def rows(self, **params: Any) -> list[Any]:
+        """Every row of the statement with ``params``, as the driver returns them."""
+        args: Any = params
+        if self._positions is not None:
+            args = tuple(params[name] for name in self._positions)
+        for attempt in (1, 2):
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(self.sql, args)
+                    return list(cursor.fetchall())
+                finally:
+                    cursor.close()
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                dialect = self.engine.dialect
+                if attempt == 2 or not dialect.is_disconnect(
+                    exc, connection.dbapi_connection, None
+                ):
+                    raise
+                connection.invalidate(exc)
+                # The pool's other connections died with this one: start a new pool, as
+                # SQLAlchemy itself does when it meets a dead connection.
+                self.engine.dispose()
+            finally:
+                connection.close()
+        raise AssertionError("the second attempt returns or raises")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -6,8 +6,10 @@ from typing import Any
 
 from flask import Flask, g
 
+from core.catalogue_queries import LookalikesReader
 from core.db import make_engine, make_read_engine, make_sessionmaker
 from core.settings import get_settings
+from web.json_provider import OrjsonProvider
 from worker.app import create_celery
 
 
@@ -18,13 +20,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(
         LOOKALIKE=settings,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
-        JSON_SORT_KEYS=False,
     )
+    app.json = OrjsonProvider(app)
     engine = make_engine(settings.database_url)
     app.extensions["lookalike.engine"] = engine
     app.extensions["lookalike.sessions"] = make_sessionmaker(engine)
     # The lookalikes API reads with one statement per request, on a pool of its own.
-    app.extensions["lookalike.read_engine"] = make_read_engine(settings.database_url)
+    app.extensions["lookalike.read_engine"] = read_engine = make_read_engine(settings.database_url)
+    app.extensions["lookalike.lookalikes"] = LookalikesReader(read_engine)
     app.extensions["celery"] = create_celery(settings)
 
     @app.teardown_appcontext

@@ -11,8 +11,7 @@ from flask import Blueprint, current_app, g, jsonify, request, send_file, url_fo
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.catalogue_queries import browse_products, lookalikes
-from core.db import read_retrying
+from core.catalogue_queries import browse_products
 from core.errors import InvalidRequest, ProductNotFound, QueueUnavailable, Unauthorized
 from core.indexing import ProductSummary
 from core.jobs import create_job, finish_job, job_errors
@@ -60,9 +59,17 @@ def accepted(job: Job, **extra: Any) -> Any:
 
 def image_urls() -> Callable[[str], str]:
     """``url_for("api.product_image", product_id=...)`` for the many products of a response:
-    the address is built once, then each id is quoted by the route's own converter."""
-    prefix = url_for("api.product_image", product_id="-").removesuffix("-")
-    converter = current_app.url_map.converters["default"](current_app.url_map)
+    the address up to the id is built once per path prefix the app is served under, then
+    each id is quoted by the route's own converter."""
+    known: dict[str, tuple[str, Any]] = current_app.extensions.setdefault(
+        "lookalike.image_url_prefixes", {}
+    )
+    found = known.get(request.script_root)
+    if found is None:
+        prefix = url_for("api.product_image", product_id="-").removesuffix("-")
+        converter = current_app.url_map.converters["default"](current_app.url_map)
+        found = known[request.script_root] = (prefix, converter)
+    prefix, converter = found
     return lambda product_id: prefix + converter.to_url(product_id)
 
 
@@ -167,10 +174,7 @@ def job_status(job_id: str) -> Any:
 
 @bp.get("/api/products/<product_id>/similar")
 def similar(product_id: str) -> Any:
-    found = read_retrying(
-        current_app.extensions["lookalike.read_engine"],
-        lambda connection: lookalikes(connection, product_id),
-    )
+    found = current_app.extensions["lookalike.lookalikes"](product_id)
     image_url = image_urls()
     return jsonify(
         {
