@@ -36,17 +36,24 @@ def median_time(run: Callable[[], object], repeats: int) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
+    """Host, CPU model, cores and any bfloat16 hardware: two machines may share a model name
+    and differ in what they run bfloat16 on."""
+    cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown CPU":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     import os
 
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    bf16 = ", ".join(sorted(flags & {"avx512_bf16", "amx_bf16"})) or "no bfloat16 hardware"
+    return (
+        f"{platform.node()}: {cpu}, {os.cpu_count()} cores ({bf16}), "
+        f"Python {platform.python_version()}"
+    )
 
 
 def commit() -> str:

@@ -1,13 +1,24 @@
 """The read path under load: GET /api/products/<id>/similar against gunicorn, and the plain SQL
-query from README against PostgreSQL, each at a fixed rate and at saturation.
+query from README against PostgreSQL, each at a fixed rate and at saturation, beside the
+ceiling of the same web stack on this machine.
 
 Needs a PostgreSQL database with a catalogue indexed (--database-url; the 44k fashion-small
-one from `bench/index_queue.py --keep-database`). HTTP load comes from wrk on loopback (a Lua
-script picks a random product per request and, for the fixed rate, paces each connection);
-SQL load from pgbench (--rate for the fixed rate), over a temporary table of the product ids.
+one from `bench/index_queue.py --keep-database`). Every request asks for a random product.
 
-    python bench/read_path.py --database-url URL [--rate 500] [--seconds 20] [--web-workers 3]
-        [--web-threads 2] [--no-access-log]
+- Fixed rate: an open-loop client (bench/open_loop.py) sends --rate requests/s on schedule
+  and times each from when it was due, so queueing counts (wrk would send less when the
+  server slows: coordinated omission).
+- Saturation: wrk on loopback, 64 kept-alive connections, closed loop.
+- Ceiling: the same Flask under the same gunicorn settings answering a fixed body of the same
+  size with no database (bench/fixed_body_app.py), saturated the same way, in the same run.
+- SQL: pgbench (--rate for the fixed rate), over a temporary table of the product ids.
+
+Each HTTP measurement runs --repeats times, interleaved, after a warm-up; the table gives
+medians. CPU per request at saturation is read from /proc (gunicorn, PostgreSQL) and from
+wrk's own usage.
+
+    python bench/read_path.py --database-url URL [--rate 500] [--seconds 15] [--repeats 3]
+        [--web-workers 3] [--web-threads 2] [--no-access-log]
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -27,7 +39,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import lookalike_env, record, start_web
+from bench.common import ROOT, lookalike_env, record, start_web
+from bench.open_loop import open_loop
 
 README_QUERY = (
     "SELECT n.rank, n.neighbour_id, n.score, p.meta FROM neighbours n "
@@ -35,24 +48,48 @@ README_QUERY = (
 )
 WRK_SCRIPT = """
 local ids = {{{ids}}}
-local pace = {pace}
 math.randomseed(os.time())
 request = function()
   return wrk.format("GET", "/api/products/" .. ids[math.random(#ids)] .. "/similar")
 end
-if pace > 0 then
-  delay = function() return pace end
-end
 """
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _wrk(base: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far (processes that ended are skipped)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def _group(pgid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def _postgres() -> list[int]:
+    found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def _wrk(base: str, script: Path, connections: int, seconds: int, server: int) -> dict[str, float]:
+    """wrk at saturation, with the CPU each party spent per request."""
+    servers, databases = _group(server), _postgres()
+    before = (_cpu_seconds(servers), _cpu_seconds(databases))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
     def latency(label: str) -> float:
@@ -60,13 +97,18 @@ def _wrk(base: str, script: Path, connections: int, seconds: int) -> dict[str, f
         assert match, out
         return float(match[1]) * units[match[2]]
 
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    count = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
-        "rps": rate,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
         "p50": latency("50%"),
         "p99": latency("99%"),
         "errors": float(errors[1]) if errors else 0.0,
+        "cpu_server_ms": 1000 * (_cpu_seconds(servers) - before[0]) / count,
+        "cpu_database_ms": 1000 * (_cpu_seconds(databases) - before[1]) / count,
+        "cpu_client_ms": 1000
+        * (after.ru_utime - children.ru_utime + after.ru_stime - children.ru_stime)
+        / count,
     }
 
 
@@ -108,11 +150,49 @@ def _pgbench(
     }
 
 
+def _start_ceiling(
+    body: Path, workers: int, threads: int, access_log: bool
+) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/fixed_body_app.py under gunicorn with the settings `lookalike serve` uses."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    options = ["--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
+    if access_log:
+        options += ["--access-logfile", "-"]
+    bind = ["--bind", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", *options, *bind, "bench.fixed_body_app:app"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "LOOKALIKE_BENCH_BODY": str(body)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+def _ready(url: str) -> bytes:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            response = requests.get(url, timeout=10)
+            if response.ok:
+                return response.content
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--rate", type=int, default=500)
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--web-workers", type=int, default=3)
     parser.add_argument("--web-threads", type=int, default=2)
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
@@ -132,7 +212,6 @@ def main() -> None:
             [{"n": n, "id": pid} for n, pid in enumerate(ids)],
         )
     work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
-    results: dict[str, dict[str, float]] = {}
 
     # Plain SQL, through pgbench.
     sql = work / "query.sql"
@@ -140,77 +219,112 @@ def main() -> None:
         f"\\set r random(0, {len(ids) - 1})\n"
         + README_QUERY.format(id="(SELECT id FROM bench_ids WHERE n = :r)")
     )
-    results["sql fixed"] = _pgbench(args.database_url, sql, 8, args.seconds, args.rate, work)
-    results["sql max"] = _pgbench(args.database_url, sql, 8, args.seconds, None, work)
+    sql_fixed = _pgbench(args.database_url, sql, 8, args.seconds, args.rate, work)
+    sql_max = _pgbench(args.database_url, sql, 8, args.seconds, None, work)
 
-    # HTTP, through gunicorn.
+    # HTTP: Lookalike and the ceiling side by side, loaded in turn.
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
     web, base = start_web(env, args.web_workers, args.web_threads, args.access_log)
+    ceiling: subprocess.Popen[bytes] | None = None
+    fixed: list[dict[str, float]] = []
+    saturated: list[dict[str, float]] = []
+    ceilings: list[dict[str, float]] = []
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/api/products/{ids[0]}/similar", timeout=10).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        quoted = ",".join(f'"{pid}"' for pid in ids)
-        connections = 50
-        paced = work / "paced.lua"
-        paced.write_text(WRK_SCRIPT.format(ids=quoted, pace=int(connections * 1000 / args.rate)))
-        free = work / "free.lua"
-        free.write_text(WRK_SCRIPT.format(ids=quoted, pace=0))
-        results["http fixed"] = _wrk(base, paced, connections, args.seconds)
-        results["http max"] = _wrk(base, free, 64, args.seconds)
+        body = work / "body.json"
+        body.write_bytes(_ready(f"{base}/api/products/{ids[0]}/similar"))
+        ceiling, ceiling_base = _start_ceiling(
+            body, args.web_workers, args.web_threads, args.access_log
+        )
+        _ready(f"{ceiling_base}/api/products/{ids[0]}/similar")
+        script = work / "random.lua"
+        script.write_text(WRK_SCRIPT.format(ids=",".join(f'"{pid}"' for pid in ids)))
+        template = base + "/api/products/{id}/similar"
+        # Warm-up, not counted: every worker process opens its connections and prepares.
+        open_loop(template, ids, args.rate, 5)
+        _wrk(ceiling_base, script, 64, 3, ceiling.pid)
+        for _ in range(args.repeats):
+            result = open_loop(template, ids, args.rate, args.seconds)
+            fixed.append(
+                {
+                    "rps": result.served,
+                    "p50": result.percentile(0.5),
+                    "p99": result.percentile(0.99),
+                    "errors": float(result.errors),
+                    "client_cpu": result.client_cpu_s / args.seconds,
+                }
+            )
+            saturated.append(_wrk(base, script, 64, args.seconds, web.pid))
+            ceilings.append(_wrk(ceiling_base, script, 64, args.seconds, ceiling.pid))
     finally:
-        os.killpg(web.pid, signal.SIGTERM)
-        web.wait(timeout=30)
+        for server in (web, ceiling):
+            if server is not None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
         with engine.begin() as connection:
             connection.execute(text("DROP TABLE IF EXISTS bench_ids"))
         engine.dispose()
 
-    def row(name: str, key: str, target: str, met: bool | None) -> str:
-        r = results[key]
+    def median(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    def spread(runs: list[dict[str, float]], key: str, fmt: str) -> str:
+        return ", ".join(format(run[key], fmt) for run in runs)
+
+    def row(name: str, runs: list[dict[str, float]], target: str, met: bool | None) -> str:
         verdict = "" if met is None else ("yes" if met else "NO")
         return (
-            f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | "
-            f"{r['errors']:.0f} | {target} | {verdict} |"
+            f"| {name} | {median(runs, 'rps'):,.0f} ({spread(runs, 'rps', ',.0f')}) | "
+            f"{median(runs, 'p50'):.2f} ms | {median(runs, 'p99'):.2f} ms "
+            f"({spread(runs, 'p99', '.2f')}) | {sum(r['errors'] for r in runs):.0f} | "
+            f"{target} | {verdict} |"
         )
 
-    http_fixed, http_max = results["http fixed"], results["http max"]
+    served_all = all(run["rps"] >= 0.98 * args.rate for run in fixed)
+    ratio = median(saturated, "rps") / median(ceilings, "rps")
     table = "\n".join(
         [
-            "| load | requests/s | p50 | p99 | errors | target | met? |",
+            "| load | requests/s: median (each run) | p50 | p99: median (each run) | errors "
+            "| target | met? |",
             "|---|---|---|---|---|---|---|",
             row(
-                f"GET /api/products/<id>/similar, {args.rate}/s offered",
-                "http fixed",
+                f"GET /api/products/<id>/similar, {args.rate}/s offered (open loop)",
+                fixed,
                 "p99 < 10 ms at 500/s",
-                http_fixed["p99"] < 10 and args.rate >= 500,
+                median(fixed, "p99") < 10 and args.rate >= 500 and served_all,
             ),
             row(
-                "GET /api/products/<id>/similar, saturation (64 connections)",
-                "http max",
+                "GET /api/products/<id>/similar, saturation (wrk, 64 connections)",
+                saturated,
                 ">= 1,500 requests/s",
-                http_max["rps"] >= 1500,
+                median(saturated, "rps") >= 1500,
             ),
             row(
-                f"README's SQL query, {args.rate}/s offered (pgbench, 8 clients)",
-                "sql fixed",
+                "ceiling: same gunicorn + Flask, fixed body, no database (wrk, 64 connections)",
+                ceilings,
                 "",
                 None,
             ),
-            row("README's SQL query, saturation (pgbench, 8 clients)", "sql max", "", None),
+            row(f"README's SQL query, {args.rate}/s offered (pgbench)", [sql_fixed], "", None),
+            row("README's SQL query, saturation (pgbench, 8 clients)", [sql_max], "", None),
         ]
     )
     record(
         f"Read path on PostgreSQL, {len(ids):,} products with lists",
         table,
+        f"Lookalike at saturation serves {ratio:.2f}x the requests/s of the same web stack "
+        f"answering a fixed body. CPU per request at saturation (median): gunicorn "
+        f"{median(saturated, 'cpu_server_ms'):.2f} ms, PostgreSQL "
+        f"{median(saturated, 'cpu_database_ms'):.2f} ms, wrk "
+        f"{median(saturated, 'cpu_client_ms'):.2f} ms; the ceiling's gunicorn "
+        f"{median(ceilings, 'cpu_server_ms'):.2f} ms, wrk {median(ceilings, 'cpu_client_ms'):.2f} "
+        f"ms. The open-loop client itself used {median(fixed, 'client_cpu'):.0%} of a core at "
+        f"{args.rate}/s.\n\n"
         f"gunicorn (`lookalike serve`) with {args.web_workers} gthread workers of "
-        f"{args.web_threads} threads, access log {'on' if args.access_log else 'off'}; wrk "
-        f"with 2 threads, PostgreSQL and gunicorn all on the same 2-core machine; "
-        f"{args.seconds} s per row. Command: `python bench/read_path.py --database-url URL "
-        f"--rate {args.rate} --seconds {args.seconds} --web-workers {args.web_workers} "
+        f"{args.web_threads} threads, access log {'on' if args.access_log else 'off'}; the "
+        f"load generators, PostgreSQL and gunicorn all on the same 2-core machine; "
+        f"{args.repeats} runs of {args.seconds} s per HTTP row, interleaved, after a warm-up. "
+        f"Command: `python bench/read_path.py --database-url URL --rate {args.rate} "
+        f"--seconds {args.seconds} --repeats {args.repeats} --web-workers {args.web_workers} "
         f"--web-threads {args.web_threads}{'' if args.access_log else ' --no-access-log'}`.",
     )
 
