@@ -38,7 +38,7 @@ def median_time(run: Callable[[], object], repeats: int) -> float:
 def machine() -> str:
     """Host, CPU model, cores and any bfloat16 hardware: two machines may share a model name
     and differ in what they run bfloat16 on."""
-    cpu, flags = "unknown CPU", set()
+    cpu, flags = "unknown CPU", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and cpu == "unknown CPU":
