@@ -1,6 +1,6 @@
 """The storefront's read path: a product's lookalikes from ``core`` and from
 ``GET /api/products/<id>/similar``, on SQLite and PostgreSQL. The response's bytes are pinned,
-so a faster serialiser cannot change what a client reads."""
+so a change of serialiser cannot change what a client reads unnoticed."""
 
 from __future__ import annotations
 
