@@ -5,7 +5,8 @@ Vectors come from an indexed database (default: the one LOOKALIKE_DATABASE_URL n
 after indexing fashion-small, or from a saved (N, d) array with --vectors. Each method runs in
 a fresh child process, so that its peak resident memory is its own; "extra" is the peak minus
 the process's size with the vectors loaded. Lookalike's lists must equal a float64 brute
-force computed here (ties to the smaller id); scikit-learn's float32 lists are compared too.
+force computed here (scores rounded to float32 as stored, equal scores to the smaller id);
+scikit-learn's float32 lists are compared with it too.
 
     python bench/neighbours.py [--sizes 1000,10000,all] [--database-url URL | --vectors FILE.npy]
 """
@@ -72,13 +73,13 @@ def child(method: str, path: str, n: int, out: str) -> None:
 
 
 def _exact_lists(path: Path, n: int) -> np.ndarray:
-    """Each row's top-K positions by the float64 dot product of the stored vectors (cosine, as
-    they are L2-normalised), itself left out, ties to the smaller position: the lists
-    Lookalike promises, computed the slow, obvious way."""
+    """Each row's top-K positions the slow, obvious way: the float64 dot product of the stored
+    vectors (cosine, as they are L2-normalised) rounded to float32 as Lookalike stores scores,
+    itself left out, equal scores to the smaller position. The lists Lookalike promises."""
     vectors = np.load(path)[:n].astype(np.float64)
     lists = np.empty((n, K), dtype=np.int64)
     for r0 in range(0, n, 1024):
-        scores = vectors[r0 : r0 + 1024] @ vectors.T
+        scores = (vectors[r0 : r0 + 1024] @ vectors.T).astype(np.float32)
         scores[np.arange(len(scores)), np.arange(r0, r0 + len(scores))] = -np.inf
         kth = np.partition(scores, n - K, axis=1)[:, n - K]
         for i, row in enumerate(scores):
@@ -160,11 +161,12 @@ def main() -> None:
             exact = _exact_lists(path, n)
             wrong = int((a["positions"] != exact).any(axis=1).sum())
             gap = np.abs(a["scores"] - b["scores"]).max()
+            verdict = "yes, every list" if wrong == 0 else f"NO: {wrong:,} lists differ"
             equal = (
-                f"{'yes' if wrong == 0 else f'NO, {wrong} rows differ'}: every list equals a "
-                f"float64 brute force (ties to the smaller id); scikit-learn's float32 lists "
-                f"have the same ids at {(b['positions'] == exact).mean():.2%} of entries, "
-                f"scores within {gap:.1e} of Lookalike's"
+                f"{verdict} (float64 products rounded to float32, equal scores to the smaller "
+                f"id); scikit-learn's float32 lists: same ids at "
+                f"{(b['positions'] == exact).mean():.2%} of entries, scores within {gap:.1e} "
+                "of Lookalike's"
             )
         rows.append((n, ours, brute, full, equal))
 
