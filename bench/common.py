@@ -141,16 +141,22 @@ def index_in_process(folder: Path, env: dict[str, str]) -> None:
     )
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server a benchmark starts."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def start_web(
     env: dict[str, str], workers: int, threads: int = 2, access_log: bool = True
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`lookalike serve` (gunicorn) on a free loopback port, in its own process group."""
-    import socket
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     web = subprocess.Popen(
         [
             sys.executable,

@@ -39,7 +39,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, lookalike_env, record, start_web
+from bench.common import ROOT, free_port, lookalike_env, record, start_web
 from bench.open_loop import open_loop
 
 README_QUERY = (
@@ -154,14 +154,10 @@ def _start_ceiling(
     body: Path, workers: int, threads: int, access_log: bool
 ) -> tuple[subprocess.Popen[bytes], str]:
     """bench/fixed_body_app.py under gunicorn with the settings `lookalike serve` uses."""
-    import socket
+    from core.cli import gunicorn_options
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    options = ["--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
-    if access_log:
-        options += ["--access-logfile", "-"]
+    options = gunicorn_options(workers, threads, access_log)
+    port = free_port()
     bind = ["--bind", f"127.0.0.1:{port}"]
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", *options, *bind, "bench.fixed_body_app:app"],

@@ -1,19 +1,17 @@
 """Read-only queries behind the web pages and the API: a filtered, paged catalogue, the values
 to filter by, a product's lookalikes, and recent jobs with their per-image errors. Each takes a
-``Session`` (the lookalikes read, a ``Connection``) that the caller owns."""
+``Session`` that the caller owns, except the lookalikes read, which has an engine of its own."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from sqlalchemy import (
     CompoundSelect,
-    Connection,
     Engine,
     Float,
     Integer,
@@ -180,59 +178,41 @@ def _summary(product_id: str, meta: str | None) -> ProductSummary:
     return ProductSummary(product_id, orjson.loads(meta) if meta else {})
 
 
-def _lookalikes_from_rows(
-    rows: Sequence[Any], product_id: str, full_read: Callable[[], Lookalikes]
-) -> Lookalikes:
-    if not rows:
-        raise ProductNotFound(product_id)
-    if len(rows) == 1:
-        # Rare: let the full read say why there is no list (or find one written meanwhile).
-        return full_read()
-    (_, _, own_id, own_meta), *listed = rows
-    return Lookalikes(
-        _summary(own_id, own_meta),
-        [SimilarProduct(rank, _summary(pid, meta), score) for rank, score, pid, meta in listed],
-    )
-
-
-def _full_read(connection: Connection, product_id: str) -> Lookalikes:
-    with Session(bind=connection) as session:
-        product, neighbours = similar_products(session, product_id)
-    return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours)
-
-
-def lookalikes(connection: Connection, product_id: str) -> Lookalikes:
-    """A product and its stored neighbour list as plain rows, read with one statement.
-
-    It takes a ``Connection``, not a ``Session``: a Session's bookkeeping costs as much as the
-    query here. One statement reads both, so they come from one snapshot even outside a
-    transaction. The caller owns the connection (``session.connection()`` gives a session's).
-
-    Raises:
-        ProductNotFound: no such product.
-        NotIndexed: the product has no neighbour list yet.
-    """
-    rows = connection.execute(_LOOKALIKES, {"product_id": product_id}).all()
-    return _lookalikes_from_rows(rows, product_id, lambda: _full_read(connection, product_id))
-
-
 class LookalikesReader:
-    """``lookalikes`` for the storefront's hot path, the same statement on the driver's own
-    cursor (``core.db.DriverStatement``), on an engine of its own in autocommit
-    (``core.db.make_read_engine``): no BEGIN, no ROLLBACK, no ping, no SQLAlchemy rows."""
+    """A product and its stored neighbour list, best first: the storefront's hot path.
+
+    One statement reads both, so they come from one snapshot even outside a transaction; it
+    runs on the driver's own cursor (``core.db.DriverStatement``), on an engine of its own in
+    autocommit (``core.db.make_read_engine``): no BEGIN, no ROLLBACK, no ping, no ORM.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._statement = DriverStatement(engine, _LOOKALIKES)
 
     def __call__(self, product_id: str) -> Lookalikes:
-        """Raises ``ProductNotFound`` or ``NotIndexed`` as ``lookalikes`` does."""
+        """The product and its list.
+
+        Raises:
+            ProductNotFound: no such product.
+            NotIndexed: the product has no neighbour list yet.
+        """
         rows = self._statement.rows(product_id=product_id)
-        return _lookalikes_from_rows(rows, product_id, lambda: self._full_read(product_id))
+        if not rows:
+            raise ProductNotFound(product_id)
+        if len(rows) == 1:
+            # Rare: let the full read say why there is no list (or find one written meanwhile).
+            return self._full_read(product_id)
+        (_, _, own_id, own_meta), *listed = rows
+        return Lookalikes(
+            _summary(own_id, own_meta),
+            [SimilarProduct(rank, _summary(pid, meta), score) for rank, score, pid, meta in listed],
+        )
 
     def _full_read(self, product_id: str) -> Lookalikes:
-        with self.engine.connect() as connection:
-            return _full_read(connection, product_id)
+        with self.engine.connect() as connection, Session(bind=connection) as session:
+            product, neighbours = similar_products(session, product_id)
+        return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours)
 
 
 @dataclass

@@ -281,6 +281,17 @@ def worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     )
 
 
+def gunicorn_options(workers: int, threads: int, access_log: bool) -> list[str]:
+    """gunicorn's options for `lookalike serve` (bench/read_path.py serves its ceiling with
+    the same)."""
+    # gthread, not sync: a sync worker closes the connection after every response, so a
+    # client (or proxy) pays a new TCP connection per request; gthread keeps it alive.
+    options = ["--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
+    if access_log:
+        options += ["--access-logfile", "-"]
+    return options
+
+
 @main.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True)
 @click.option(
@@ -302,11 +313,7 @@ def worker(settings: Settings, concurrency: int, loglevel: str) -> None:
 def serve(settings: Settings, bind: str, workers: int, threads: int, access_log: bool) -> None:
     """Serve the web app and API under gunicorn."""
     upgrade(settings.database_url)
-    # gthread, not sync: a sync worker closes the connection after every response, so a
-    # client (or proxy) pays a new TCP connection per request; gthread keeps it alive.
-    options = ["--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
-    if access_log:
-        options += ["--access-logfile", "-"]
+    options = gunicorn_options(workers, threads, access_log)
     os.execvp(
         sys.executable,
         [sys.executable, "-m", "gunicorn", *options, "--bind", bind, "web:create_app()"],

@@ -17,7 +17,6 @@ from sqlalchemy import Engine, delete, event, select, text
 from sqlalchemy.orm import Session
 
 from core.catalogue import read_catalogue
-from core.catalogue_queries import lookalikes
 from core.db import make_engine, make_sessionmaker, upgrade
 from core.encoder import PixelEncoder
 from core.errors import NotIndexed, ProductNotFound
@@ -72,23 +71,22 @@ def index(session: Session, catalogue: Path) -> None:
 LISTED = [pid for pid in [*SAMPLE_IDS, ODD] if pid != UNLISTED]
 
 
-def test_lookalikes_read_what_similar_products_reads(
-    db_session: Session, sample_catalogue: Path
-) -> None:
-    index(db_session, sample_catalogue)
-    for product_id in LISTED:
-        found = lookalikes(db_session.connection(), product_id)
-        product, neighbours = similar_products(db_session, product_id)
-        assert (found.product.id, found.product.meta) == (product.id, product.meta)
-        assert found.neighbours == neighbours
-        assert [n.rank for n in found.neighbours] == list(range(1, 11))
-        assert all(isinstance(n.score, float) for n in found.neighbours)
+def test_lookalikes_read_what_similar_products_reads(read_app: Flask) -> None:
+    lookalikes = read_app.extensions["lookalike.lookalikes"]
+    with read_app.extensions["lookalike.sessions"]() as session:
+        for product_id in LISTED:
+            found = lookalikes(product_id)
+            product, neighbours = similar_products(session, product_id)
+            assert (found.product.id, found.product.meta) == (product.id, product.meta)
+            assert found.neighbours == neighbours
+            assert [n.rank for n in found.neighbours] == list(range(1, 11))
+            assert all(isinstance(n.score, float) for n in found.neighbours)
     with pytest.raises(NotIndexed, match="no vector yet"):
-        lookalikes(db_session.connection(), "lone")
+        lookalikes("lone")
     with pytest.raises(NotIndexed, match="has not been built yet"):
-        lookalikes(db_session.connection(), UNLISTED)
+        lookalikes(UNLISTED)
     with pytest.raises(ProductNotFound):
-        lookalikes(db_session.connection(), "nope")
+        lookalikes("nope")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
