@@ -4,6 +4,7 @@ COPY pyproject.toml README.md ./
 COPY core core
 COPY worker worker
 COPY web web
+COPY cli cli
 COPY migrations migrations
 RUN pip install --no-cache-dir .
 ENV LOOKALIKE_MEDIA_DIR=/data/media

@@ -133,7 +133,7 @@ def index_in_process(folder: Path, env: dict[str, str]) -> None:
 
     print("indexing", folder, "into", env["LOOKALIKE_DATABASE_URL"], flush=True)
     subprocess.run(
-        [sys.executable, "-m", "core.cli", "index", str(folder)],
+        [sys.executable, "-m", "cli", "index", str(folder)],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -161,7 +161,7 @@ def start_web(
         [
             sys.executable,
             "-m",
-            "core.cli",
+            "cli",
             "serve",
             "--bind",
             f"127.0.0.1:{port}",

@@ -1,15 +1,24 @@
-"""Engines, sessions and schema migrations."""
+"""Engines and sessions: how ``core`` talks to SQLite and PostgreSQL (migrations live in
+``migrations``, which builds on this module, never the other way)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import ClauseElement, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 
-import migrations
+T = TypeVar("T")
+# Values per IN (...) list: well under every driver's parameter limit.
+IN_CHUNK = 500
+
+
+def in_chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """``values`` in consecutive slices of at most ``size``, for IN (...) lists."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -100,29 +109,6 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def alembic_config(url: str) -> Any:
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return config
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (creating a SQLite file if needed)."""
-    from alembic import command
-
-    command.upgrade(alembic_config(url), revision)
-
-
-def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
-
-
 def upsert(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """INSERT ... ON CONFLICT (keys) DO UPDATE for SQLite and PostgreSQL: safe to run twice."""
     if not rows:
@@ -138,3 +124,19 @@ def upsert(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[
     updates = {name: statement.excluded[name] for name in rows[0] if name not in keys}
     statement = statement.on_conflict_do_update(index_elements=keys, set_=updates)
     session.execute(statement, rows)
+
+
+def read_rows(session: Session, statement: Any) -> list[Any]:
+    """Every row of ``statement``: on PostgreSQL (psycopg) fetched in binary format, which sends
+    vectors as raw bytes rather than hex text and so reads a catalogue's about three times
+    faster; through SQLAlchemy elsewhere. Columns come back as the driver gives them."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":
+        return list(session.execute(statement).all())
+    session.flush()  # as SQLAlchemy's autoflush would before its own queries
+    compiled = statement.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    with connection.connection.driver_connection.cursor(binary=True) as cursor:  # type: ignore[union-attr]
+        cursor.execute(compiled.string, compiled.params)
+        return list(cursor.fetchall())

@@ -18,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.encoder import PixelEncoder
-from core.indexing import VectorSet
 from core.models import Neighbour, Product
 from core.neighbours import NO_NEIGHBOUR, top_k
 from core.pipeline import embed_images
+from core.vectors import VectorSet
 
 
 @dataclass
@@ -100,17 +100,17 @@ def product_labels(session: Session, column: str) -> dict[str, str]:
 
 
 def stored_lists(session: Session) -> tuple[dict[str, list[str]], set[str]]:
-    """The neighbour table as {product: [neighbours by rank]}, and the model ids behind it."""
+    """The neighbour table as {product: [neighbours by rank]}, and the space ids behind it."""
     lists: dict[str, list[str]] = defaultdict(list)
-    models: set[str] = set()
-    for product_id, neighbour_id, model_id in session.execute(
-        select(Neighbour.product_id, Neighbour.neighbour_id, Neighbour.model_id).order_by(
+    spaces: set[str] = set()
+    for product_id, neighbour_id, space_id in session.execute(
+        select(Neighbour.product_id, Neighbour.neighbour_id, Neighbour.space_id).order_by(
             Neighbour.product_id, Neighbour.rank
         )
     ):
         lists[product_id].append(neighbour_id)
-        models.add(model_id)
-    return dict(lists), models
+        spaces.add(space_id)
+    return dict(lists), spaces
 
 
 def vector_lists(vectors: VectorSet, k: int, block_size: int = 2048) -> dict[str, list[str]]:

@@ -89,13 +89,18 @@ class Neighbour(Base):
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
     neighbour_id: Mapped[str] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
     score: Mapped[float] = mapped_column(Float)
-    model_id: Mapped[str] = mapped_column(String(MODEL_ID_LENGTH))
+    # The space the list was built in (``core.spaces.Space.id``): an embedding model's id, with
+    # the catalogue's projection when there is one.
+    space_id: Mapped[str] = mapped_column(String(MODEL_ID_LENGTH))
 
     __table_args__ = (Index("ix_neighbours_neighbour_id", "neighbour_id"),)
 
 
 class Job(Base):
-    """A unit of work (index a catalogue, add products, search...) and its progress."""
+    """A unit of work (index a catalogue, add products, search...) and its progress.
+
+    ``kind`` and ``state`` hold the values of ``core.jobs.JobKind`` and ``core.jobs.JobState``.
+    """
 
     __tablename__ = "jobs"
 
@@ -117,7 +122,8 @@ class Job(Base):
 class ProjectionRecord(Base):
     """A projection (PCA whitening) fitted on one model's vectors of this catalogue.
 
-    Lists built with it carry ``<embedding model id>|<tag>`` as their model id.
+    Lists built with it carry ``<embedding model id>|<tag>`` as their space id
+    (``core.spaces.Space``).
     """
 
     __tablename__ = "projections"
@@ -145,6 +151,8 @@ class JobChunk(Base):
     product_ids: Mapped[list[str]] = mapped_column(JSON)
     total: Mapped[int] = mapped_column(Integer)
     done: Mapped[int] = mapped_column(Integer, default=0)
+    # Photos that already had a vector under the worker's model when the chunk ran.
+    skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     state: Mapped[str] = mapped_column(String(16), default="queued")
 
 

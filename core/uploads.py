@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.errors import InvalidImage
+from core.errors import InvalidImage, InvalidProductId, Rejected, UploadRejected
 from core.images import check_image
 from core.models import PRODUCT_ID_LENGTH, Product
 
@@ -65,11 +64,11 @@ def validate_product_id(product_id: str) -> str:
     """A product id usable in URLs and file names.
 
     Raises:
-        InvalidImage: the id is empty, too long, or has characters other than letters,
+        InvalidProductId: the id is empty, too long, or has characters other than letters,
             digits, '.', '_' and '-'.
     """
     if not product_id or len(product_id) > PRODUCT_ID_LENGTH or not _ID_PATTERN.match(product_id):
-        raise InvalidImage(
+        raise InvalidProductId(
             f"invalid product id {product_id!r}: use up to {PRODUCT_ID_LENGTH} letters, digits, "
             "'.', '_' or '-'"
         )
@@ -103,10 +102,6 @@ def register_product(
     return replaced
 
 
-def existing_ids(session: Session, product_ids: list[str]) -> set[str]:
-    return set(session.scalars(select(Product.id).where(Product.id.in_(product_ids))))
-
-
 @dataclass(frozen=True)
 class Upload:
     """One photo as it arrived, with the id and metadata the client gave it (if any)."""
@@ -115,26 +110,6 @@ class Upload:
     data: bytes
     product_id: str | None = None
     meta: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Rejected:
-    filename: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"file": self.filename, "error": self.message}
-
-
-class UploadRejected(InvalidImage):
-    """Every file of a request was refused; nothing was stored."""
-
-    code = "invalid_upload"
-
-    def __init__(self, rejected: list[Rejected]) -> None:
-        details = "; ".join(f"{r.filename}: {r.message}" for r in rejected)
-        super().__init__(f"no usable image in the request ({details})")
-        self.rejected = rejected
 
 
 @dataclass
@@ -164,8 +139,8 @@ def accept_uploads(
             fmt = check_upload(upload.data, max_bytes, max_pixels)
             product_id = validate_product_id(upload.product_id or Path(upload.filename).stem)
             if product_id in seen:
-                raise InvalidImage(f"product id {product_id!r} appears twice in the request")
-        except InvalidImage as exc:
+                raise InvalidProductId(f"product id {product_id!r} appears twice in the request")
+        except (InvalidImage, InvalidProductId) as exc:
             rejected.append(Rejected(upload.filename, exc.message))
             continue
         seen.add(product_id)

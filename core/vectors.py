@@ -1,8 +1,5 @@
-"""A space's vectors as one array: read from SQL, projected, and looked up by product id.
-
-A space is what neighbour lists are built in: an embedding model's own vectors, or those vectors
-through a stored projection (``<embedding model id>|<projection tag>``).
-"""
+"""Vectors as one array looked up by product id: an embedding model's stored vectors read from
+SQL, and projected in fixed blocks (``core.spaces`` says which projection a space uses)."""
 
 from __future__ import annotations
 
@@ -17,11 +14,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.errors import NotIndexed
-from core.models import Embedding, Product, ProjectionRecord
+from core.db import read_rows
+from core.models import Embedding, Product
 from core.projection import Projection
 
-SPACE_SEPARATOR = "|"
 # Rows are projected in blocks of exactly this many (the last one padded), so that a row's
 # projection never depends on which other rows it was projected with: a newcomer projected on
 # its own gets the very bits a full load gives it, and adds stay equal to a rebuild.
@@ -90,40 +86,6 @@ class VectorSet:
         )
 
 
-def read_rows(session: Session, statement: Any) -> list[Any]:
-    """Every row of ``statement``: on PostgreSQL (psycopg) fetched in binary format, which sends
-    vectors as raw bytes rather than hex text and so reads a catalogue's about three times
-    faster; through SQLAlchemy elsewhere. Columns come back as the driver gives them."""
-    connection = session.connection()
-    if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":
-        return list(session.execute(statement).all())
-    session.flush()  # as SQLAlchemy's autoflush would before its own queries
-    compiled = statement.compile(
-        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    with connection.connection.driver_connection.cursor(binary=True) as cursor:  # type: ignore[union-attr]
-        cursor.execute(compiled.string, compiled.params)
-        return list(cursor.fetchall())
-
-
-def split_space(model_id: str) -> tuple[str, str]:
-    """(embedding model id, projection tag or "")."""
-    embedding_model, _, tag = model_id.partition(SPACE_SEPARATOR)
-    return embedding_model, tag
-
-
-def get_projection(session: Session, tag: str) -> Projection:
-    record = session.get(ProjectionRecord, tag)
-    if record is None:
-        raise NotIndexed(f"projection {tag!r} is not stored: index again with --refit")
-    return _projection_from_bytes(record.data)
-
-
-@functools.lru_cache(maxsize=4)
-def _projection_from_bytes(data: bytes) -> Projection:
-    return Projection.from_bytes(data)
-
-
 def project(projection: Projection, vectors: np.ndarray) -> np.ndarray:
     """``projection`` applied to each row, the same bits whatever rows come with it."""
     count = len(vectors)
@@ -145,23 +107,23 @@ def stacked(rows: Sequence[Any]) -> np.ndarray:
     return matrix.reshape(len(rows), rows[0][1]).astype(np.float32, copy=False)
 
 
-def load_vectors(session: Session, model_id: str) -> VectorSet:
-    """All vectors of space ``model_id`` whose photo is still the product's current one, read
-    from SQL (see :class:`core.space_cache.SpaceCache` for a process that keeps them)."""
-    embedding_model, tag = split_space(model_id)
-    rows = read_rows(
-        session,
+def current_rows(embedding_model_id: str) -> Any:
+    """(product id, dim, bytes) of the vectors of ``embedding_model_id`` whose photo is still the
+    product's current one."""
+    return (
         select(Embedding.product_id, Embedding.dim, Embedding.vector)
         .join(Product, Product.id == Embedding.product_id)
         .where(
-            Embedding.model_id == embedding_model, Embedding.content_hash == Product.content_hash
-        ),
+            Embedding.model_id == embedding_model_id,
+            Embedding.content_hash == Product.content_hash,
+        )
     )
+
+
+def load_embeddings(session: Session, embedding_model_id: str) -> VectorSet:
+    """Every current vector of ``embedding_model_id``, as stored (unprojected), read from SQL."""
     # Python's string order, not the database collation: the same everywhere.
-    ordered = sorted(rows, key=lambda row: row[0])
+    ordered = sorted(read_rows(session, current_rows(embedding_model_id)), key=lambda row: row[0])
     if not ordered:
         return VectorSet([], np.zeros((0, 0), dtype=np.float32))
-    vectors = stacked(ordered)
-    if tag:
-        vectors = project(get_projection(session, tag), vectors)
-    return VectorSet([str(row[0]) for row in ordered], vectors)
+    return VectorSet([str(row[0]) for row in ordered], stacked(ordered))

@@ -1,4 +1,5 @@
-"""Alembic environment: the URL comes from the config (set by ``core.db``) or the settings."""
+"""Alembic environment: the URL comes from the config (``migrations.alembic_config``) or from
+the settings."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -19,9 +20,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from core.db import make_engine, upgrade
-from core.encoder import PixelEncoder, VGG16Encoder, load_encoder
+from cli.in_process import InProcessQueue
+from core.context import Context
+from core.db import make_engine
+from core.encoder import ImageEncoder, PixelEncoder, VGG16Encoder, load_encoder
 from core.settings import Settings, get_settings
+from core.space_reader import SqlSpaceReader
+from migrations import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -145,6 +150,16 @@ def vgg_encoder() -> VGG16Encoder:
     return load_encoder(get_settings(weights="bundled", precision="float32"))
 
 
+def in_process_context(encoder: ImageEncoder, **settings: Any) -> Context:
+    """A context that runs job steps in this process with ``encoder``, on the session a test
+    hands it (its own engine is never used). Settings as the old in-process defaults: no PCA
+    unless asked for, two decode threads."""
+    values: dict[str, Any] = {"database_url": "sqlite://", "pca_dims": 0, "decode_workers": 2}
+    # Unvalidated: tests use blocks smaller than a real setting may be, to cross block ends.
+    chosen = get_settings().model_copy(update={**values, **settings})
+    return Context.create(chosen, InProcessQueue(), spaces=SqlSpaceReader(), encoder=encoder)
+
+
 # --- the service: real Redis, real worker processes, PostgreSQL -----------------------------
 
 REDIS_URL = os.environ.get("LOOKALIKE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -163,7 +178,7 @@ class Workers:
         for _ in range(count):
             log = self.logs / f"worker-{len(self.processes)}.log"
             process = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", "worker", "--concurrency", "1"],
+                [sys.executable, "-m", "cli", "worker", "--concurrency", "1"],
                 env={**self.env, **extra_env},
                 cwd=ROOT,
                 stdout=log.open("wb"),

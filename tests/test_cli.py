@@ -19,7 +19,7 @@ from core.models import Neighbour
 from tests.conftest import SAMPLE_IDS
 from tests.test_images import bad_files
 
-LOOKALIKE = [sys.executable, "-m", "core.cli"]
+LOOKALIKE = [sys.executable, "-m", "cli"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,7 +109,7 @@ def test_index_similar_and_errors_on_the_embedded_default(
     assert again.returncode == 0, again.stderr
     assert f"embedded {len(SAMPLE_IDS)}, skipped 0" in again.stdout
     with sqlite3.connect(workdir / "lookalike.db") as connection:
-        models = {row[0] for row in connection.execute("SELECT model_id FROM neighbours")}
+        models = {row[0] for row in connection.execute("SELECT space_id FROM neighbours")}
         vectors = connection.execute("SELECT count(*) FROM embeddings").fetchone()[0]
     assert len(models) == 1 and ":block4_conv3+block5_conv3:max^0.5+max^0.5:" in models.pop()
     assert vectors == 2 * len(SAMPLE_IDS)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import yaml
 
-from core.cli import main
+from cli.main import main
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,14 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from core.encoder import (
-    IMAGENET_NOTOP_FILE,
-    VGG16Encoder,
-    _load_bundled,
-    bundled_weights_path,
-    resolve_spec,
-)
-from core.errors import WeightsUnavailable
+from core.encoder import VGG16Encoder, load_bundled_weights
+from core.errors import InvalidSetting, WeightsUnavailable
+from core.model_spec import IMAGENET_NOTOP_FILE, bundled_weights_path, resolve_spec
 from core.settings import get_settings
 from tests.conftest import OTHERS, SHOES, TSHIRTS
 
@@ -78,7 +73,7 @@ def test_a_weights_file_gives_the_same_vectors(
 
     path = tmp_path / "vgg16_notop.weights.h5"
     base = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
-    _load_bundled(base, str(bundled_weights_path()))
+    load_bundled_weights(base, str(bundled_weights_path()))
     base.save_weights(path)
 
     spec = resolve_spec(get_settings(weights=str(path), precision="float32", colour="auto"))
@@ -109,6 +104,14 @@ def test_auto_prefers_imagenet_weights_already_on_disk(
         resolve_spec(get_settings(weights="bundled", layer="fc2"))
     with pytest.raises(WeightsUnavailable, match="neither"):
         resolve_spec(get_settings(weights=str(tmp_path / "missing.h5")))
+
+
+def test_a_pooling_count_that_fits_no_layer_count_is_an_invalid_setting() -> None:
+    settings = get_settings(
+        weights="bundled", layer="block4_conv3+block5_conv3", pooling="gem+max+avg"
+    )
+    with pytest.raises(InvalidSetting, match="3 poolings for 2 layers"):
+        resolve_spec(settings)
 
 
 def test_model_id_pins_layer_pooling_and_size() -> None:
@@ -184,17 +187,17 @@ def test_in_graph_preprocessing_is_keras_preprocess_input(
 
 
 def test_auto_precision_follows_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.encoder
+    import core.model_spec
 
     amx = tmp_path / "amx"
     amx.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
     plain = tmp_path / "plain"
     plain.write_text("flags\t\t: fpu sse2 avx2 fma\n")
-    assert core.encoder.cpu_has_bfloat16(amx) and not core.encoder.cpu_has_bfloat16(plain)
-    assert not core.encoder.cpu_has_bfloat16(tmp_path / "missing")
+    assert core.model_spec.cpu_has_bfloat16(amx) and not core.model_spec.cpu_has_bfloat16(plain)
+    assert not core.model_spec.cpu_has_bfloat16(tmp_path / "missing")
 
     for has, expected in ((True, ":bfloat16"), (False, "-grey")):
-        monkeypatch.setattr(core.encoder, "cpu_has_bfloat16", lambda has=has: has)
+        monkeypatch.setattr(core.model_spec, "cpu_has_bfloat16", lambda has=has: has)
         spec = resolve_spec(get_settings(weights="bundled"))
         assert spec.model_id.endswith(expected)
         explicit = resolve_spec(get_settings(weights="bundled", precision="float32"))

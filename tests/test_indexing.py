@@ -11,31 +11,31 @@ from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from cli.in_process import index_catalogue
 from core.catalogue import CatalogueItem, read_catalogue
-from core.db import make_engine, make_sessionmaker, upgrade
+from core.db import make_engine, make_sessionmaker
 from core.encoder import PixelEncoder
 from core.errors import NotIndexed, ProductNotFound
-from core.indexing import (
-    IndexSummary,
-    delete_products,
-    embed_pending,
-    index_catalogue,
-    load_vectors,
-    pending_products,
-    refresh_neighbours,
-    similar_products,
-    sync_products,
-    update_neighbours,
-)
-from core.jobs import create_job, job_errors
+from core.job_steps import IndexSummary
+from core.jobs import job_errors
+from core.list_ends import read_list_ends
+from core.lookalikes import similar_products
 from core.models import Embedding, Job, Neighbour, Product
+from core.neighbour_table import lock_neighbour_table
+from core.neighbour_updates import delete_products, rebuild_lists, update_lists
 from core.neighbours import top_k
+from core.products import embed_pending, pending_products, sync_products
 from core.projection import fit_projection
-from core.space_cache import SpaceCache, lock_lists, read_list_ends
+from core.space_cache import SpaceCache
+from core.space_reader import SqlSpaceReader
+from core.spaces import ProjectionSettings, Space, load_space_vectors, resolve_space
 from core.vectors import VectorSet, project
+from migrations import upgrade
+from tests.conftest import in_process_context
 from tests.test_images import bad_files
 
 K = 3
+SQL = SqlSpaceReader()
 
 
 def _colour_catalogue(root: Path, count: int = 12) -> Path:
@@ -51,19 +51,11 @@ def _colour_catalogue(root: Path, count: int = 12) -> Path:
     return root
 
 
-def _run(
-    session: Session, encoder: PixelEncoder, root: Path, job: Job | None = None
-) -> IndexSummary:
+def _run(session: Session, encoder: PixelEncoder, root: Path) -> IndexSummary:
     items = read_catalogue(root).items
-    summary = None
-    for step in index_catalogue(
-        session, encoder, items, k=K, block_size=5, batch_size=4, workers=2, job=job
-    ):
-        session.flush()
-        if isinstance(step, IndexSummary):
-            summary = step
-    assert summary is not None
-    return summary
+    context = in_process_context(encoder, neighbours=K, block_size=5, batch_size=4)
+    *_, job = index_catalogue(context, session, items)
+    return IndexSummary.of(job)
 
 
 def _table(session: Session) -> list[tuple[str, int, str, float]]:
@@ -75,8 +67,8 @@ def _table(session: Session) -> list[tuple[str, int, str, float]]:
     return [(a, b, c, round(d, 5)) for a, b, c, d in rows]
 
 
-def _expected(session: Session, model_id: str) -> list[tuple[str, int, str, float]]:
-    vectors = load_vectors(session, model_id)
+def _expected(session: Session, space: Space) -> list[tuple[str, int, str, float]]:
+    vectors = load_space_vectors(session, space)
     lists = top_k(vectors.vectors, K)
     return sorted(
         (pid, rank + 1, vectors.ids[pos], round(float(score), 5))
@@ -92,7 +84,7 @@ def test_index_builds_the_exact_table_and_reruns_skip_work(
     root = _colour_catalogue(tmp_path)
     first = _run(db_session, pixel_encoder, root)
     assert (first.products.added, first.embedded, first.failed) == (12, 12, 0)
-    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
+    assert _table(db_session) == _expected(db_session, Space(pixel_encoder.model_id))
     assert len(_table(db_session)) == 12 * K
 
     again = _run(db_session, pixel_encoder, root)
@@ -103,7 +95,7 @@ def test_index_builds_the_exact_table_and_reruns_skip_work(
     changed = _run(db_session, pixel_encoder, root)
     assert (changed.products.changed, changed.embedded) == (1, 1)
     assert 0 < changed.lists_written < 12
-    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
+    assert _table(db_session) == _expected(db_session, Space(pixel_encoder.model_id))
 
 
 def test_bad_images_are_recorded_and_the_rest_indexed(
@@ -113,8 +105,8 @@ def test_bad_images_are_recorded_and_the_rest_indexed(
     for name, (path, _phrase) in bad_files(tmp_path).items():
         path.rename(root / "images" / name)
     encoder = PixelEncoder(max_pixels=20_000_000)
-    job = create_job(db_session, "index")
-    summary = _run(db_session, encoder, root, job)
+    summary = _run(db_session, encoder, root)
+    job = db_session.get_one(Job, summary.job_id)
     assert (summary.embedded, summary.failed) == (6, 4)
     assert job.state == "succeeded" and job.done == 10
     errors = {error.product_id: error.message for error in job_errors(db_session, job.id)}
@@ -133,11 +125,11 @@ def test_changing_the_model_re_embeds_without_mixing(
     other = PixelEncoder(max_pixels=50_000_000, side=8)
     summary = _run(db_session, other, root)
     assert summary.embedded == 8 and summary.lists_written == 8
-    models = db_session.scalars(select(Neighbour.model_id).distinct()).all()
+    models = db_session.scalars(select(Neighbour.space_id).distinct()).all()
     assert models == [other.model_id]
     count = db_session.scalar(select(func.count()).select_from(Embedding))
     assert count == 16  # both models' vectors are kept, each under its own id
-    assert _table(db_session) == _expected(db_session, other.model_id)
+    assert _table(db_session) == _expected(db_session, Space(other.model_id))
 
 
 def test_incremental_add_and_delete_equal_a_full_rebuild(
@@ -151,16 +143,16 @@ def test_incremental_add_and_delete_equal_a_full_rebuild(
         db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
     ):
         pass
-    refresh_neighbours(db_session, pixel_encoder.model_id, K, 4)
+    rebuild_lists(db_session, Space(pixel_encoder.model_id), SQL, K, 4)
 
     sync_products(db_session, later)
     new = pending_products(db_session, pixel_encoder.model_id)
     for _ in embed_pending(db_session, pixel_encoder, new, 4, 2):
         pass
-    written = update_neighbours(db_session, pixel_encoder.model_id, K, 4)
+    written = update_lists(db_session, Space(pixel_encoder.model_id), SQL, K, 4)
     assert written >= len(later)
-    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
-    assert update_neighbours(db_session, pixel_encoder.model_id, K, 4) == 0  # idempotent
+    assert _table(db_session) == _expected(db_session, Space(pixel_encoder.model_id))
+    assert update_lists(db_session, Space(pixel_encoder.model_id), SQL, K, 4) == 0  # idempotent
 
     # A product whose photo is replaced: its vector changes, so lists that held it are redone.
     replaced = _table(db_session)[0][2]
@@ -171,14 +163,14 @@ def test_incremental_add_and_delete_equal_a_full_rebuild(
         db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
     ):
         pass
-    update_neighbours(db_session, pixel_encoder.model_id, K, 4, stale_ids=[replaced])
-    assert _table(db_session) == _expected(db_session, pixel_encoder.model_id)
+    update_lists(db_session, Space(pixel_encoder.model_id), SQL, K, 4, stale_ids=[replaced])
+    assert _table(db_session) == _expected(db_session, Space(pixel_encoder.model_id))
 
     victim = _table(db_session)[0][2]
-    delete_products(db_session, [victim], pixel_encoder.model_id, K, 4)
+    delete_products(db_session, [victim], Space(pixel_encoder.model_id), SQL, K, 4)
     table = _table(db_session)
     assert victim not in {row[0] for row in table} | {row[2] for row in table}
-    assert table == _expected(db_session, pixel_encoder.model_id)
+    assert table == _expected(db_session, Space(pixel_encoder.model_id))
     with pytest.raises(ProductNotFound):
         similar_products(db_session, victim)
 
@@ -188,47 +180,36 @@ def test_deletes_that_shorten_lists_equal_a_full_rebuild(
 ) -> None:
     """With fewer than K others left, lists get shorter: no row may stay past their end."""
     items = read_catalogue(_colour_catalogue(tmp_path, count=5)).items
-    model = pixel_encoder.model_id
+    model = Space(pixel_encoder.model_id)
     _add(db_session, pixel_encoder, items)
-    refresh_neighbours(db_session, model, K, 4)
+    rebuild_lists(db_session, model, SQL, K, 4)
     assert len(_table(db_session)) == 5 * K
     for victim in (items[1].product_id, items[3].product_id):
-        delete_products(db_session, [victim], model, K, 4, cache=SpaceCache())
+        delete_products(db_session, [victim], model, SpaceCache(), K, 4)
         assert _table(db_session) == _expected(db_session, model)
     assert len(_table(db_session)) == 3 * 2
-    assert refresh_neighbours(db_session, model, K, 4) == 0
+    assert rebuild_lists(db_session, model, SQL, K, 4) == 0
 
 
 def test_pca_projection_is_fitted_once_and_kept_for_adds(
     db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
 ) -> None:
-    from core.indexing import SPACE_SEPARATOR, resolve_space
     from core.models import ProjectionRecord
 
     root = _colour_catalogue(tmp_path, count=16)
     items = read_catalogue(root).items
     first, later = items[:12], items[12:]
-    summary = None
-    for step in index_catalogue(
-        db_session,
-        pixel_encoder,
-        first,
-        k=K,
-        block_size=5,
-        batch_size=4,
-        workers=2,
-        pca_dims=4,
-        pca_power=0.5,
-    ):
-        if isinstance(step, IndexSummary):
-            summary = step
-    assert summary is not None
-    space = summary.model_id
-    raw, _, tag = space.partition(SPACE_SEPARATOR)
+    context = in_process_context(
+        pixel_encoder, neighbours=K, block_size=5, batch_size=4, pca_dims=4, pca_power=0.5
+    )
+    *_, job = index_catalogue(context, db_session, first)
+    summary = IndexSummary.of(job)
+    space = Space.parse(summary.space_id)
+    raw, tag = space.embedding_model_id, space.projection_tag or ""
     assert raw == pixel_encoder.model_id and tag.startswith("pca4-w1-p0.5-")
-    assert {row[0] for row in db_session.execute(select(Neighbour.model_id))} == {space}
+    assert {row[0] for row in db_session.execute(select(Neighbour.space_id))} == {space.id}
     assert _table(db_session) == _expected(db_session, space)
-    projected = load_vectors(db_session, space).vectors
+    projected = load_space_vectors(db_session, space).vectors
     assert projected.shape == (12, 4)
 
     # Adds keep the same projection, and stay exact with respect to it.
@@ -237,15 +218,16 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
         db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
     ):
         pass
-    assert resolve_space(db_session, pixel_encoder.model_id, 4, 0.5) == space
-    update_neighbours(db_session, space, K, 4)
+    wanted = ProjectionSettings(dims=4, power=0.5)
+    assert resolve_space(db_session, pixel_encoder.model_id, wanted) == space
+    update_lists(db_session, space, SQL, K, 4)
     assert _table(db_session) == _expected(db_session, space)
     assert db_session.scalar(select(func.count()).select_from(ProjectionRecord)) == 1
 
     # An explicit refit learns from all 16 and rebuilds everything in the new space.
-    refitted = resolve_space(db_session, pixel_encoder.model_id, 4, 0.5, refit=True)
+    refitted = resolve_space(db_session, pixel_encoder.model_id, wanted, refit=True)
     assert refitted != space
-    assert refresh_neighbours(db_session, refitted, K, 4) == 16
+    assert rebuild_lists(db_session, refitted, SQL, K, 4) == 16
     assert _table(db_session) == _expected(db_session, refitted)
 
 
@@ -274,14 +256,14 @@ def _add(session: Session, encoder: PixelEncoder, items: list[CatalogueItem]) ->
         pass
 
 
-def _assert_current(session: Session, cache: SpaceCache, model_id: str) -> None:
+def _assert_current(session: Session, cache: SpaceCache, space: Space) -> None:
     """What the cache gives equals what a fresh read gives, bit for bit."""
-    cached = cache.vectors(session, model_id)
-    fresh = load_vectors(session, model_id)
+    cached = cache.vectors(session, space)
+    fresh = load_space_vectors(session, space)
     assert cached.ids == fresh.ids
     assert np.array_equal(cached.vectors, fresh.vectors)
-    ends = cache.list_ends(session, model_id, K, lock_lists(session))
-    assert ends.along(cached).as_dict() == read_list_ends(session, model_id, K).as_dict()
+    ends = cache.list_ends(session, space, K, lock_neighbour_table(session))
+    assert ends.along(cached).as_dict() == read_list_ends(session, space, K).as_dict()
 
 
 def _warm(url: str, encoder: PixelEncoder, items: list[CatalogueItem]) -> SpaceCache:
@@ -290,7 +272,7 @@ def _warm(url: str, encoder: PixelEncoder, items: list[CatalogueItem]) -> SpaceC
     with _sessions(url)() as session:
         _add(session, encoder, items)
         session.commit()
-        refresh_neighbours(session, encoder.model_id, K, 4, cache=cache)
+        rebuild_lists(session, Space(encoder.model_id), cache, K, 4)
         session.commit()
     return cache
 
@@ -302,12 +284,12 @@ def test_a_warm_cache_follows_another_process_and_equals_a_rebuild(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     items = read_catalogue(_colour_catalogue(tmp_path, count=20)).items
-    model = pixel_encoder.model_id
+    model = Space(pixel_encoder.model_id)
     cache = _warm(shared_url, pixel_encoder, items[:10])
     with _sessions(shared_url)() as other:  # another worker adds and links five products
         _add(other, pixel_encoder, items[10:15])
         other.commit()
-        assert update_neighbours(other, model, K, 4) >= 5
+        assert update_lists(other, model, SQL, K, 4) >= 5
         other.commit()
 
     # Process A catches up on both without reading everything again.
@@ -317,11 +299,11 @@ def test_a_warm_cache_follows_another_process_and_equals_a_rebuild(
     monkeypatch.setattr("core.space_cache._read_vectors", read_all)
     monkeypatch.setattr("core.space_cache.read_list_ends", read_all)
     with _sessions(shared_url)() as session:
-        assert update_neighbours(session, model, K, 4, cache=cache) == 0  # nothing left to do
+        assert update_lists(session, model, cache, K, 4) == 0  # nothing left to do
         session.commit()
         _add(session, pixel_encoder, items[15:])
         session.commit()
-        assert update_neighbours(session, model, K, 4, cache=cache) >= 5
+        assert update_lists(session, model, cache, K, 4) >= 5
         session.commit()
         assert _table(session) == _expected(session, model)
         monkeypatch.undo()
@@ -333,17 +315,17 @@ def test_a_cache_is_read_again_after_another_process_deletes_or_replaces(
 ) -> None:
     root = _colour_catalogue(tmp_path, count=14)
     items = read_catalogue(root).items
-    model = pixel_encoder.model_id
+    model = Space(pixel_encoder.model_id)
     cache = _warm(shared_url, pixel_encoder, items)
     other = _sessions(shared_url)
 
     with other() as session:
-        delete_products(session, [items[3].product_id], model, K, 4)
+        delete_products(session, [items[3].product_id], model, SQL, K, 4)
         session.commit()
     with _sessions(shared_url)() as session:
         _assert_current(session, cache, model)
         assert items[3].product_id not in cache.vectors(session, model).ids
-        assert update_neighbours(session, model, K, 4, cache=cache) == 0
+        assert update_lists(session, model, cache, K, 4) == 0
         session.commit()
 
     # A new photo, as the web app registers one: the old vector stays until it is redone.
@@ -360,11 +342,11 @@ def test_a_cache_is_read_again_after_another_process_deletes_or_replaces(
     Image.new("RGB", (32, 24), (5, 250, 5)).save(items[5].path)
     with other() as session:
         _add(session, pixel_encoder, [items[5]])
-        update_neighbours(session, model, K, 4, stale_ids=[replaced])
+        update_lists(session, model, SQL, K, 4, stale_ids=[replaced])
         session.commit()
     with _sessions(shared_url)() as session:
         _assert_current(session, cache, model)
-        assert update_neighbours(session, model, K, 4, cache=cache) == 0
+        assert update_lists(session, model, cache, K, 4) == 0
         assert _table(session) == _expected(session, model)
 
 
@@ -372,11 +354,11 @@ def test_a_cache_keeps_nothing_from_a_rolled_back_transaction(
     shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
 ) -> None:
     items = read_catalogue(_colour_catalogue(tmp_path, count=12)).items
-    model = pixel_encoder.model_id
+    model = Space(pixel_encoder.model_id)
     cache = _warm(shared_url, pixel_encoder, items[:10])
     with _sessions(shared_url)() as session:
         _add(session, pixel_encoder, items[10:11])
-        assert update_neighbours(session, model, K, 4, cache=cache) >= 1
+        assert update_lists(session, model, cache, K, 4) >= 1
         assert items[10].product_id in cache.vectors(session, model).ids
         session.rollback()
         # Another process adds one, committed late: the row count is what it was with the
@@ -391,7 +373,7 @@ def test_a_cache_keeps_nothing_from_a_rolled_back_transaction(
             other.commit()
         _assert_current(session, cache, model)
         assert items[10].product_id not in cache.vectors(session, model).ids
-        update_neighbours(session, model, K, 4, cache=cache)
+        update_lists(session, model, cache, K, 4)
         assert _table(session) == _expected(session, model)
 
 
@@ -399,7 +381,7 @@ def test_a_late_insert_outside_the_window_is_found_by_the_count(
     shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
 ) -> None:
     items = read_catalogue(_colour_catalogue(tmp_path, count=11)).items
-    model = pixel_encoder.model_id
+    model = Space(pixel_encoder.model_id)
     cache = _warm(shared_url, pixel_encoder, items[:10])
     with _sessions(shared_url)() as other:
         _add(other, pixel_encoder, items[10:])
@@ -415,14 +397,14 @@ def test_lists_written_outside_the_log_are_read_again(
     shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
 ) -> None:
     items = read_catalogue(_colour_catalogue(tmp_path, count=10)).items
-    model = pixel_encoder.model_id
+    model = Space(pixel_encoder.model_id)
     cache = _warm(shared_url, pixel_encoder, items)
     with _sessions(shared_url)() as other:  # a hand-made change no log records
         other.execute(update(Neighbour).where(Neighbour.rank == K).values(score=0.125))
         other.commit()
     with _sessions(shared_url)() as session:
         _assert_current(session, cache, model)
-        ends = cache.list_ends(session, model, K, lock_lists(session))
+        ends = cache.list_ends(session, model, K, lock_neighbour_table(session))
         assert set(ends.as_dict().values()) == {0.125}
 
 

@@ -10,8 +10,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from core.db import alembic_config, current_revision, make_engine, upgrade
+from core.db import make_engine
 from core.models import Base
+from migrations import alembic_config, current_revision, upgrade
 
 
 def test_single_head() -> None:

@@ -18,20 +18,16 @@ from flask.testing import FlaskClient
 from markupsafe import escape
 from sqlalchemy.orm import Session
 
+from cli.in_process import index_catalogue
 from core.catalogue import read_catalogue
-from core.catalogue_queries import (
-    browse_products,
-    catalogue_filters,
-    jobs_with_errors,
-    product_with_lookalikes,
-)
-from core.db import make_engine, make_sessionmaker, upgrade
+from core.catalogue_queries import browse_products, catalogue_filters, jobs_with_errors
+from core.db import make_engine, make_sessionmaker
 from core.encoder import PixelEncoder
 from core.errors import ProductNotFound
-from core.indexing import index_catalogue
-from core.jobs import create_job
+from core.lookalikes import product_with_lookalikes
 from core.models import Product
-from tests.conftest import SAMPLE_IDS, TSHIRTS
+from migrations import upgrade
+from tests.conftest import SAMPLE_IDS, TSHIRTS, in_process_context
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
@@ -60,19 +56,12 @@ def styles(catalogue: Path) -> dict[str, dict[str, str]]:
         return {row["id"]: row for row in csv.DictReader(handle)}
 
 
-def _index(session: Session, root: Path, with_job: bool) -> None:
+def _index(session: Session, root: Path) -> None:
     items = read_catalogue(root).items
-    job = create_job(session, "index") if with_job else None
-    for _ in index_catalogue(
-        session,
-        PixelEncoder(max_pixels=50_000_000),
-        items,
-        k=10,
-        block_size=64,
-        batch_size=8,
-        workers=1,
-        job=job,
-    ):
+    context = in_process_context(
+        PixelEncoder(max_pixels=50_000_000), block_size=64, batch_size=8, decode_workers=1
+    )
+    for _ in index_catalogue(context, session, items):
         session.flush()
 
 
@@ -95,7 +84,7 @@ def pages_app(catalogue: Path, tmp_path: Path) -> Iterator[Flask]:
     upgrade(url)
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
-        _index(session, catalogue, with_job=True)
+        _index(session, catalogue)
         lone = catalogue / "lone.jpg"
         shutil.copy(catalogue / "images" / "3168.jpg", lone)
         session.add(Product(id="lone", meta={}, image_path=str(lone), content_hash="0" * 64))
@@ -131,7 +120,7 @@ def assert_images_accessible(html: str) -> None:
 
 
 def test_catalogue_queries(db_session: Session, catalogue: Path) -> None:
-    _index(db_session, catalogue, with_job=True)
+    _index(db_session, catalogue)
     rows = styles(catalogue)
     filters = {f.column: f for f in catalogue_filters(db_session)}
     assert list(filters) == ["gender", "masterCategory", "articleType", "baseColour"]

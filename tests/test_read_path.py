@@ -16,13 +16,15 @@ from flask import Flask, url_for
 from sqlalchemy import Engine, delete, event, select, text
 from sqlalchemy.orm import Session
 
+from cli.in_process import index_catalogue
 from core.catalogue import read_catalogue
-from core.db import make_engine, make_sessionmaker, upgrade
+from core.db import make_engine, make_sessionmaker
 from core.encoder import PixelEncoder
 from core.errors import NotIndexed, ProductNotFound
-from core.indexing import index_catalogue, similar_products
+from core.lookalikes import similar_products
 from core.models import Neighbour, Product
-from tests.conftest import SAMPLE_IDS, TSHIRTS
+from migrations import upgrade
+from tests.conftest import SAMPLE_IDS, TSHIRTS, in_process_context
 
 UNLISTED = TSHIRTS[1]  # has a vector, but its list was removed
 ODD = "odd id+é?&"  # an id that addresses must quote; it has a list and is in another's
@@ -31,15 +33,10 @@ ODD = "odd id+é?&"  # an id that addresses must quote; it has a list and is in 
 def index(session: Session, catalogue: Path) -> None:
     """Index ``catalogue`` with the pixel encoder, then add a product without a vector, take
     away one product's list, and add a product with an odd id in the lists."""
-    for _ in index_catalogue(
-        session,
-        PixelEncoder(max_pixels=50_000_000),
-        read_catalogue(catalogue).items,
-        k=10,
-        block_size=64,
-        batch_size=8,
-        workers=1,
-    ):
+    context = in_process_context(
+        PixelEncoder(max_pixels=50_000_000), block_size=64, batch_size=8, decode_workers=1
+    )
+    for _ in index_catalogue(context, session, read_catalogue(catalogue).items):
         session.flush()
     photo = catalogue / "images" / f"{SAMPLE_IDS[0]}.jpg"
     session.add(Product(id="lone", meta={}, image_path=str(photo), content_hash="0" * 64))
@@ -60,7 +57,7 @@ def index(session: Session, catalogue: Path) -> None:
                 rank=row.rank,
                 neighbour_id=row.neighbour_id,
                 score=row.score,
-                model_id=row.model_id,
+                space_id=row.space_id,
             )
         )
         if row.rank == 10:

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from core.db import make_engine, make_sessionmaker
-from core.indexing import load_vectors
 from core.models import Embedding, Neighbour, Product
+from core.neighbour_table import lock_neighbour_table
 from core.neighbours import top_k
+from core.spaces import Space, load_space_vectors
 from tests.conftest import SHOES, TSHIRTS, Workers
 from tests.test_images import bad_files
 
@@ -62,7 +63,7 @@ def rebuilt_table(url: str, k: int = 10) -> list[Row]:
     with make_sessionmaker(engine)() as session:
         model_ids = session.scalars(select(Embedding.model_id).distinct()).all()
         assert len(model_ids) == 1
-        vectors = load_vectors(session, model_ids[0])
+        vectors = load_space_vectors(session, Space(model_ids[0]))
     engine.dispose()
     lists = top_k(vectors.vectors, k)
     return sorted(
@@ -179,8 +180,8 @@ def test_two_add_jobs_at_once_lose_nothing(
     # Hold the neighbour-table lock, so both jobs reach their table update while it is held:
     # they must then wait for it one after the other instead of overwriting each other.
     locker = make_engine(url)
-    with locker.connect() as holding:
-        holding.execute(text("SELECT pg_advisory_xact_lock(hashtext('lookalike.neighbours'))"))
+    with make_sessionmaker(locker)() as holding:
+        lock_neighbour_table(holding)
         threads = [threading.Thread(target=post, args=(i,)) for i in range(2)]
         for thread in threads:
             thread.start()
@@ -413,7 +414,7 @@ def test_a_worker_killed_mid_index_loses_nothing(
     workers.env = env
     (victim,) = workers.start(1)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "index", str(sample_catalogue)],
+        [sys.executable, "-m", "cli", "index", str(sample_catalogue)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -451,7 +452,7 @@ def test_a_worker_killed_mid_index_loses_nothing(
     assert table == rebuilt_table(url)
 
     clean = subprocess.run(
-        [sys.executable, "-m", "core.cli", "index", str(sample_catalogue)],
+        [sys.executable, "-m", "cli", "index", str(sample_catalogue)],
         env={
             k: v
             for k, v in service_env.items()

@@ -1,4 +1,9 @@
-"""The Flask application: JSON API and pages. It never loads the model."""
+"""The Flask application: JSON API and pages. It never loads the model.
+
+Owns HTTP: parsing requests, shaping responses, pages and their templates, and the one handler
+that turns errors into responses. Views call one ``core`` function each; jobs go to the workers
+through ``worker.queue``. May import ``core`` and ``worker`` (for the queue), nothing above.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ from typing import Any
 
 from flask import Flask, g
 
-from core.catalogue_queries import LookalikesReader
-from core.db import make_engine, make_read_engine, make_sessionmaker
+from core.context import Context
+from core.db import make_read_engine
+from core.lookalikes import LookalikesReader
 from core.settings import get_settings
+from core.space_reader import SqlSpaceReader
 from web.json_provider import OrjsonProvider
 from worker.app import create_celery
+from worker.queue import CeleryQueue
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -22,13 +30,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
     )
     app.json = OrjsonProvider(app)
-    engine = make_engine(settings.database_url)
-    app.extensions["lookalike.engine"] = engine
-    app.extensions["lookalike.sessions"] = make_sessionmaker(engine)
+    celery = app.extensions["celery"] = create_celery(settings)
+    context = Context.create(
+        settings, CeleryQueue(celery), spaces=SqlSpaceReader(), loads_model=False
+    )
+    app.extensions["lookalike.context"] = context
+    app.extensions["lookalike.engine"] = context.engine
+    app.extensions["lookalike.sessions"] = context.sessions
     # The lookalikes API reads with one statement per request, on a pool of its own.
     app.extensions["lookalike.read_engine"] = read_engine = make_read_engine(settings.database_url)
     app.extensions["lookalike.lookalikes"] = LookalikesReader(read_engine)
-    app.extensions["celery"] = create_celery(settings)
 
     @app.teardown_appcontext
     def close_session(_exc: BaseException | None) -> None:

@@ -1,4 +1,5 @@
-"""JSON API: views parse the request, call ``core``, and serialise the result."""
+"""JSON API: views parse the request, call one ``core`` function, and shape the response; the
+service functions (``core.submissions``) record jobs and hand them to the queue."""
 
 from __future__ import annotations
 
@@ -12,19 +13,24 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core.catalogue_queries import browse_products
-from core.errors import InvalidRequest, ProductNotFound, QueueUnavailable, Unauthorized
-from core.indexing import ProductSummary
-from core.jobs import create_job, finish_job, job_errors
-from core.models import Job, Product
-from core.services import get_job
+from core.context import Context
+from core.errors import InvalidRequest, ProductNotFound, Unauthorized
+from core.jobs import get_job, job_errors, state_of
+from core.lookalikes import ProductSummary
+from core.models import ImageError, Job, Product
 from core.settings import Settings
-from core.uploads import Upload, accept_uploads, check_upload, store_image
+from core.submissions import submit_add_products, submit_delete, submit_search
+from core.uploads import Upload
 
 bp = Blueprint("api", __name__)
 
 
 def settings() -> Settings:
     return current_app.config["LOOKALIKE"]  # type: ignore[no-any-return]
+
+
+def context() -> Context:
+    return current_app.extensions["lookalike.context"]  # type: ignore[no-any-return]
 
 
 def db() -> Session:
@@ -40,16 +46,6 @@ def require_token() -> None:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
-
-
-def enqueue(job: Job, task: str) -> None:
-    """Hand a committed job to the workers; a job the broker did not take is marked failed."""
-    try:
-        current_app.extensions["celery"].send_task(task, args=[job.id])
-    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
-        finish_job(job, error=f"could not enqueue: {exc}")
-        db().commit()
-        raise QueueUnavailable(f"job {job.id} could not be queued: {exc}") from exc
 
 
 def accepted(job: Job, **extra: Any) -> Any:
@@ -115,15 +111,7 @@ def add_products() -> Any:
         Upload(file.filename or f"image-{n}", file.read(), pid, meta)
         for n, (file, pid, meta) in enumerate(zip(files, ids, metas, strict=True))
     ]
-    s = settings()
-    session = db()
-    result = accept_uploads(session, uploads, s.media_dir, s.max_image_bytes, s.max_image_pixels)
-    job = create_job(
-        session, "add_products", {"product_ids": result.product_ids, "replaced": result.replaced}
-    )
-    job.total = len(result.product_ids)
-    session.commit()
-    enqueue(job, "lookalike.add_products")
+    job, result = submit_add_products(context(), db(), uploads)
     return accepted(
         job,
         product_ids=result.product_ids,
@@ -136,31 +124,18 @@ def search() -> Any:
     file = request.files.get("image")
     if file is None:
         raise InvalidRequest("no file: send it as multipart field 'image'")
-    s = settings()
-    data = file.read()
-    fmt = check_upload(data, s.max_image_bytes, s.max_image_pixels)
-    image = store_image(s.media_dir, data, fmt)
-    session = db()
-    job = create_job(
-        session, "search", {"image_path": str(image.path), "filename": file.filename}, total=1
-    )
-    session.commit()
-    enqueue(job, "lookalike.search")
-    return accepted(job)
+    return accepted(submit_search(context(), db(), file.read(), file.filename))
 
 
-@bp.get("/api/jobs/<job_id>")
-def job_status(job_id: str) -> Any:
-    session = db()
-    job = get_job(session, job_id)
+def job_json(job: Job, errors: list[ImageError]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
-        "state": job.state if job.state != "finalising" else "running",
+        "state": state_of(job).shown.value,
         "progress": {"done": job.done, "total": job.total},
         "errors": [
             {"product_id": e.product_id or None, "file": e.path, "message": e.message}
-            for e in job_errors(session, job_id)
+            for e in errors
         ],
         "error": job.error,
         "created_at": job.created_at.isoformat(),
@@ -169,7 +144,13 @@ def job_status(job_id: str) -> Any:
     }
     if job.result is not None:
         body["result"] = job.result
-    return jsonify(body)
+    return body
+
+
+@bp.get("/api/jobs/<job_id>")
+def job_status(job_id: str) -> Any:
+    session = db()
+    return jsonify(job_json(get_job(session, job_id), job_errors(session, job_id)))
 
 
 @bp.get("/api/products/<product_id>/similar")
@@ -225,12 +206,7 @@ def get_product(product_id: str) -> Any:
 
 @bp.delete("/api/products/<product_id>")
 def delete_product(product_id: str) -> Any:
-    _product(product_id)
-    session = db()
-    job = create_job(session, "delete_products", {"product_ids": [product_id]}, total=1)
-    session.commit()
-    enqueue(job, "lookalike.delete_products")
-    return accepted(job)
+    return accepted(submit_delete(context(), db(), product_id))
 
 
 @bp.get("/images/<product_id>")

@@ -9,8 +9,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from core.errors import LookalikeError
-from core.uploads import UploadRejected
+from core.errors import LookalikeError, UploadRejected
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from core.catalogue_queries import (
     browse_products,
     catalogue_filters,
     jobs_with_errors,
-    product_with_lookalikes,
 )
+from core.lookalikes import product_with_lookalikes
 from web.api import db, settings
 
 bp = Blueprint("pages", __name__)

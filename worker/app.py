@@ -1,4 +1,5 @@
-"""Celery configuration, from the same ``LOOKALIKE_*`` settings as everything else."""
+"""Celery configuration, from the same ``LOOKALIKE_*`` settings as everything else (each worker
+process builds its own ``core.context.Context`` from them: ``worker.runtime``)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
-        "lookalike_settings": settings,
     }
 
 

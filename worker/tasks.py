@@ -1,4 +1,5 @@
-"""Tasks: thin wrappers over ``core.services`` that take ids, re-read, and commit."""
+"""Tasks: one per job step, each taking ids and running ``core.job_steps`` on this process's
+context, committing where the step says."""
 
 from __future__ import annotations
 
@@ -9,19 +10,10 @@ from celery import Task, shared_task
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from core.jobs import finish_job
-from core.services import (
-    JobNotFound,
-    delete_job_products,
-    embed_chunk,
-    embed_job_products,
-    finalise_index,
-    finish_chunk,
-    get_job,
-    link_job_products,
-    search_job,
-)
-from worker.runtime import get_runtime
+from core.errors import JobNotFound
+from core.job_steps import run_step
+from core.jobs import JobStep, StepCall, fail_job
+from worker.runtime import get_context
 
 log = logging.getLogger(__name__)
 
@@ -46,63 +38,41 @@ class JobTask(Task):
         job_id = args[0] if args else kwargs.get("job_id")
         log.error("task failed job=%s task=%s error=%s", job_id, self.name, exc)
         try:
-            with get_runtime().session() as session:
-                job = get_job(session, job_id)
-                finish_job(job, error=f"{type(exc).__name__}: {exc}")
+            with get_context().session() as session:
+                fail_job(session, job_id, f"{type(exc).__name__}: {exc}")
                 session.commit()
         except JobNotFound:
             pass
 
 
-@shared_task(name="lookalike.index_chunk", base=JobTask)
+def _run(step: JobStep, *args: str | int) -> None:
+    context = get_context()
+    with context.session() as session:
+        for _ in run_step(context, session, StepCall(step, args)):
+            session.commit()
+        session.commit()
+
+
+@shared_task(name=JobStep.INDEX_CHUNK.value, base=JobTask)
 def index_chunk(job_id: str, chunk_no: int) -> None:
-    runtime = get_runtime()
-    s = runtime.settings
-    with runtime.session() as session:
-        for _ in embed_chunk(
-            session, runtime.encoder, job_id, chunk_no, s.batch_size, s.decode_workers
-        ):
-            session.commit()
-        last = finish_chunk(session, job_id, chunk_no)
-        session.commit()
-    if last:
-        finalise_index_task.delay(job_id)
+    _run(JobStep.INDEX_CHUNK, job_id, chunk_no)
 
 
-@shared_task(name="lookalike.finalise_index", base=JobTask)
-def finalise_index_task(job_id: str) -> None:
-    runtime = get_runtime()
-    with runtime.session() as session:
-        finalise_index(session, job_id, runtime.encoder.model_id, runtime.settings, runtime.cache)
-        session.commit()
+@shared_task(name=JobStep.FINALISE_INDEX.value, base=JobTask)
+def finalise_index(job_id: str) -> None:
+    _run(JobStep.FINALISE_INDEX, job_id)
 
 
-@shared_task(name="lookalike.add_products", base=JobTask)
+@shared_task(name=JobStep.ADD_PRODUCTS.value, base=JobTask)
 def add_products(job_id: str) -> None:
-    runtime = get_runtime()
-    s = runtime.settings
-    with runtime.session() as session:
-        for _ in embed_job_products(
-            session, runtime.encoder, job_id, s.batch_size, s.decode_workers
-        ):
-            session.commit()
-        link_job_products(session, job_id, runtime.encoder.model_id, s, runtime.cache)
-        session.commit()
+    _run(JobStep.ADD_PRODUCTS, job_id)
 
 
-@shared_task(name="lookalike.delete_products", base=JobTask)
+@shared_task(name=JobStep.DELETE_PRODUCTS.value, base=JobTask)
 def delete_products(job_id: str) -> None:
-    runtime = get_runtime()
-    s = runtime.settings
-    with runtime.session() as session:
-        delete_job_products(session, job_id, runtime.encoder.model_id, s, runtime.cache)
-        session.commit()
+    _run(JobStep.DELETE_PRODUCTS, job_id)
 
 
-@shared_task(name="lookalike.search", base=JobTask)
+@shared_task(name=JobStep.SEARCH.value, base=JobTask)
 def search(job_id: str) -> None:
-    runtime = get_runtime()
-    s = runtime.settings
-    with runtime.session() as session:
-        search_job(session, runtime.encoder, job_id, s, runtime.cache)
-        session.commit()
+    _run(JobStep.SEARCH, job_id)

@@ -55,7 +55,7 @@ def train_head(
         h = tf.nn.relu(x @ first + first_bias)
         return tf.math.l2_normalize(h @ second, axis=1)
 
-    @tf.function
+    @tf.function  # type: ignore[untyped-decorator]  # TensorFlow ships no type hints
     def step(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             za, zb = project(a, True), project(b, True)

@@ -5,7 +5,7 @@ PostgreSQL and Redis on this machine, indexes fashion-dev in-process first (or r
 given with --database-url that already holds it), then alternates: POST /api/products with one
 photo, and POST /api/search with one photo, each followed by polling GET /api/jobs/<id>.
 
-    python bench/service_latency.py [--repeats 15] [--database-url URL]
+    python bench/perf/service_latency.py [--repeats 15] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import (
     create_database,
@@ -83,7 +83,7 @@ def main() -> None:
     )
     log = (work / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "worker", "-c", "1"],
+        [sys.executable, "-m", "cli", "worker", "-c", "1"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -133,7 +133,7 @@ def main() -> None:
         table,
         f"{args.repeats} of each, alternating, after one warm-up each; one worker process, "
         "gunicorn with 2 workers, polling every 10 ms. Command: "
-        f"`python bench/service_latency.py --repeats {args.repeats}`.",
+        f"`python bench/perf/service_latency.py --repeats {args.repeats}`.",
     )
 
 

@@ -8,7 +8,8 @@ the process's size with the vectors loaded. Lookalike's lists must equal a float
 force computed here (scores rounded to float32 as stored, equal scores to the smaller id);
 scikit-learn's float32 lists are compared with it too.
 
-    python bench/neighbours.py [--sizes 1000,10000,all] [--database-url URL | --vectors FILE.npy]
+    python bench/perf/neighbours.py [--sizes 1000,10000,all]
+                                    [--database-url URL | --vectors FILE.npy]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import record
 
@@ -107,16 +108,16 @@ def _database_vectors(url: str) -> tuple[str, np.ndarray]:
     from sqlalchemy import func, select
 
     from core.db import make_engine, make_sessionmaker
-    from core.indexing import load_vectors
     from core.models import Neighbour
+    from core.spaces import Space, load_space_vectors
 
     sessions = make_sessionmaker(make_engine(url))
     with sessions() as session:
-        model_id = session.scalars(
-            select(Neighbour.model_id).group_by(Neighbour.model_id).order_by(func.count().desc())
+        space_id = session.scalars(
+            select(Neighbour.space_id).group_by(Neighbour.space_id).order_by(func.count().desc())
         ).first()
-        assert model_id, "no vectors in that database"
-        return model_id, load_vectors(session, model_id).vectors
+        assert space_id, "no vectors in that database"
+        return space_id, load_space_vectors(session, Space.parse(space_id)).vectors
 
 
 def main() -> None:
@@ -191,7 +192,7 @@ def main() -> None:
         f"Neighbour build, {label}",
         "\n".join(lines),
         "Wall time of the build and peak extra resident memory, each in its own process. "
-        f"Command: `python bench/neighbours.py --sizes {args.sizes}"
+        f"Command: `python bench/perf/neighbours.py --sizes {args.sizes}"
         + (f" --vectors {args.vectors}`." if args.vectors else "`."),
     )
 

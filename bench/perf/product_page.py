@@ -5,7 +5,7 @@ request to the complete HTML, over many product ids, after one warm-up pass. The
 (first page, and filtered) is measured the same way for comparison. The photos themselves
 (GET /images/<id>) are separate requests and not counted.
 
-    python bench/product_page.py [--database-url URL] [--products 300] [--repeats 3]
+    python bench/perf/product_page.py [--database-url URL] [--products 300] [--repeats 3]
 
 Without --database-url, fashion-dev is indexed in-process into a SQLite file first (about
 3 minutes on 2 cores).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import index_in_process, lookalike_env, record, unpacked
 from core.models import Neighbour, Product
@@ -101,7 +101,7 @@ def main() -> None:
         "\n".join(lines),
         "One process, warm (20 requests first). The product page is one primary-key read and "
         "one join over the neighbour table, then the template; photos are separate requests. "
-        f"Command: `python bench/product_page.py --products {args.products} "
+        f"Command: `python bench/perf/product_page.py --products {args.products} "
         f"--repeats {args.repeats}"
         + (f" --database-url <{backend}, fashion-dev indexed>`." if args.database_url else "`."),
     )

@@ -7,7 +7,7 @@
 
 Runs alternate and each side's median is used.
 
-    python bench/encoder.py [--images 256] [--repeats 3] [--agreement-images 1217]
+    python bench/perf/encoder.py [--images 256] [--repeats 3] [--agreement-images 1217]
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import median_time, record, unpacked
 from core.catalogue import read_catalogue
-from core.db import make_engine, make_sessionmaker, upgrade
-from core.encoder import VGG16Encoder, resolve_spec
-from core.indexing import embed_pending, sync_products
+from core.db import make_engine, make_sessionmaker
+from core.encoder import VGG16Encoder
+from core.model_spec import resolve_spec
 from core.models import Embedding
 from core.neighbours import top_k
+from core.products import embed_pending, sync_products
 from core.settings import get_settings
+from migrations import upgrade
 
 
 def _embed_all(encoder: VGG16Encoder, inputs: np.ndarray, batch: int) -> np.ndarray:
@@ -131,7 +133,7 @@ def main() -> None:
         f"default {default.model_id}",
         table,
         f"Median of {args.repeats} alternating runs each; agreement pass took "
-        f"{agreement_seconds:.0f} s. Command: `python bench/encoder.py --images {args.images} "
+        f"{agreement_seconds:.0f} s. Command: `python bench/perf/encoder.py --images {args.images} "
         f"--repeats {args.repeats} --agreement-images {args.agreement_images}`.",
     )
 

@@ -1,5 +1,5 @@
 """Instructions per request of GET /api/products/<id>/similar in the web process, counted by
-valgrind's callgrind, beside the same Flask answering a fixed body (bench/fixed_body_app.py).
+valgrind's callgrind, beside the same Flask answering a fixed body (bench/perf/fixed_body_app.py).
 
 Timings on a shared 2-core machine move by 20% from run to run; instruction counts do not,
 so this is the figure to compare two versions of the read path by. Requests go straight to
@@ -7,7 +7,7 @@ the WSGI app (no gunicorn, no network; the database's own work is in another pro
 counted). Each app runs twice under callgrind, with N and 6N requests after the same warm-up,
 and the difference is divided by 5N, so start-up and imports cancel out.
 
-    python bench/read_instructions.py --database-url URL [--requests 100]
+    python bench/perf/read_instructions.py --database-url URL [--requests 100]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import ROOT, record
 
@@ -37,7 +37,7 @@ def _serve(kind: str, count: int, database_url: str, body: str) -> None:
     app: Any
     if kind == "ceiling":
         os.environ["LOOKALIKE_BENCH_BODY"] = body
-        from bench.fixed_body_app import app
+        from bench.perf.fixed_body_app import app
     else:
         from web import create_app
 
@@ -120,7 +120,7 @@ def main() -> None:
         table,
         f"valgrind callgrind, {small} and {large} requests after {WARMUP} of warm-up, straight "
         "into the WSGI app; gunicorn and PostgreSQL not counted. Command: `python "
-        f"bench/read_instructions.py --database-url URL --requests {args.requests}`.",
+        f"bench/perf/read_instructions.py --database-url URL --requests {args.requests}`.",
     )
 
 

@@ -2,7 +2,7 @@
 
 For m in 1, 10, 100: m random products are taken out (their vectors deleted, the table rebuilt
 without them), then put back the way an add job stores them (inserted, so created now). From
-that same starting point `update_neighbours`, what the worker's add task runs, is timed:
+that same starting point `update_lists`, what the worker's add task runs, is timed:
 
 * warm: with the worker's `SpaceCache` as earlier tasks left it (it last saw the catalogue
   without the m products: it must find them, check that nothing else changed, and read the lists
@@ -13,14 +13,14 @@ that same starting point `update_neighbours`, what the worker's add task runs, i
   last entry read from SQL); one run, rolled back;
 
 then the warm run once more, committed (its commit timed on its own), and a full rebuild
-(`refresh_neighbours`, everything read from SQL, no cache), which must find nothing to change:
+(`rebuild_lists`, everything read from SQL, no cache), which must find nothing to change:
 that shows the incremental table is identical to a rebuild.
 
 The database is changed while this runs and put back after each m: point it at a copy
 (`createdb -T lookalike_44k lookalike_44k_incr`). It is first upgraded to the latest schema,
 and on PostgreSQL analysed.
 
-    python bench/incremental.py --database-url URL [--adds 1,10,100] [--repeats 9] [--warmup 3]
+    python bench/perf/incremental.py --database-url URL [--adds 1,10,100] [--repeats 9] [--warmup 3]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import record
 
@@ -57,11 +57,14 @@ def main() -> None:
 
     from sqlalchemy import delete, func, insert, select, text
 
-    from core.db import make_engine, make_sessionmaker, upgrade
-    from core.indexing import SPACE_SEPARATOR, refresh_neighbours, update_neighbours
+    from core.db import make_engine, make_sessionmaker
     from core.models import Embedding, Neighbour
+    from core.neighbour_updates import rebuild_lists, update_lists
     from core.settings import get_settings
     from core.space_cache import SpaceCache
+    from core.space_reader import SqlSpaceReader
+    from core.spaces import Space
+    from migrations import upgrade
 
     settings = get_settings()
     k, block = settings.neighbours, settings.block_size
@@ -75,12 +78,13 @@ def main() -> None:
             # 440k list rows to find a few hundred.
             session.execute(text("ANALYZE products, embeddings, neighbours"))
             session.commit()
-        model_id = session.scalars(
-            select(Neighbour.model_id).group_by(Neighbour.model_id).order_by(func.count().desc())
+        space_id = session.scalars(
+            select(Neighbour.space_id).group_by(Neighbour.space_id).order_by(func.count().desc())
         ).first()
-        assert model_id, "no neighbour lists in that database"
+        assert space_id, "no neighbour lists in that database"
         # Vectors are stored under the embedding model; the lists live in its projected space.
-        embedding_model = model_id.partition(SPACE_SEPARATOR)[0]
+        space = Space.parse(space_id)
+        embedding_model = space.embedding_model_id
         ids = sorted(
             session.scalars(
                 select(Embedding.product_id).where(Embedding.model_id == embedding_model)
@@ -90,7 +94,7 @@ def main() -> None:
     columns = [c for c in Embedding.__table__.columns if c.name != "created_at"]
 
     def update(session: Any, cache: SpaceCache) -> int:
-        written = update_neighbours(session, model_id, k, block, cache=cache)
+        written = update_lists(session, space, cache, k, block)
         session.flush()
         return written
 
@@ -113,7 +117,7 @@ def main() -> None:
                     Embedding.model_id == embedding_model, Embedding.product_id.in_(chosen)
                 )
             )
-            refresh_neighbours(session, model_id, k, block)  # the catalogue without them
+            rebuild_lists(session, space, SqlSpaceReader(), k, block)  # without them
             session.commit()
             # The worker's cache as after earlier tasks: it has seen this catalogue.
             assert update(session, worker_cache) == 0
@@ -136,7 +140,7 @@ def main() -> None:
             commit, _ = timed(session.commit)
             assert written == cold_written
 
-            full, left = timed(lambda: refresh_neighbours(session, model_id, k, block))
+            full, left = timed(lambda: rebuild_lists(session, space, SqlSpaceReader(), k, block))
             start = time.perf_counter()
             session.commit()
             full += time.perf_counter() - start
@@ -158,7 +162,7 @@ def main() -> None:
             f"| {'yes' if left == 0 else f'NO: {left} lists differ'} |"
         )
     record(
-        f"Incremental add against full rebuild, {len(ids):,} products, {model_id}",
+        f"Incremental add against full rebuild, {len(ids):,} products, {space_id}",
         "\n".join(lines),
         "Warm: the worker's SpaceCache as earlier tasks left it, after "
         f"{args.warmup} untimed runs, {args.repeats} timed; cold: an empty cache (a worker's "
@@ -166,7 +170,7 @@ def main() -> None:
         "include checking the cache against SQL, reading the lists that may change and writing "
         "those that do (flushed; the commit is timed once, after the last warm run). The full "
         "rebuild reads every vector and list from SQL and includes its commit. On "
-        f"{engine.dialect.name}, analysed first. Command: `python bench/incremental.py "
+        f"{engine.dialect.name}, analysed first. Command: `python bench/perf/incremental.py "
         f"--adds {args.adds} --repeats {args.repeats} --warmup {args.warmup}`.",
     )
 

@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core import pooling
-from core.encoder import _load_bundled, resolve_spec
+from core.encoder import load_bundled_weights
 from core.images import load_rgb
+from core.model_spec import resolve_spec
 from core.settings import get_settings
 
 LAYERS = {"b3": "block3_conv3", "b4": "block4_conv3", "b5": "block5_conv3"}
@@ -143,7 +144,7 @@ def build_trunk() -> Any:
     spec = resolve_spec(get_settings(weights="bundled"))
     assert spec.weights_path is not None
     base = vgg16.VGG16(weights=None, include_top=False, input_shape=(None, None, 3))
-    _load_bundled(base, spec.weights_path)
+    load_bundled_weights(base, spec.weights_path)
     outputs = [base.get_layer(name).output for name in LAYERS.values()]
     return keras.Model(base.input, outputs, name="vgg16_trunk")
 
@@ -253,7 +254,7 @@ def cached_features(
     arrays["ids"] = np.asarray(ids)
     arrays["trunk_seconds"] = np.asarray(features.trunk_seconds)
     arrays["total_seconds"] = np.asarray(features.total_seconds)
-    np.savez(path, **arrays)
+    np.savez(path, allow_pickle=False, **arrays)
     log(
         f"    {features.trunk_images_per_second:.1f} images/s trunk only, "
         f"{len(ids) / features.total_seconds:.1f} images/s with decoding and pooling"

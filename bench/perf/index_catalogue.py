@@ -2,7 +2,7 @@
 
 Reports wall time, images per second and the peak resident memory of the indexing process.
 
-    python bench/index_catalogue.py [--dataset fashion-dev]
+    python bench/perf/index_catalogue.py [--dataset fashion-dev]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import record, unpacked
 
@@ -32,7 +32,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_DATABASE_URL"}
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "core.cli", "index", str(folder)],
+        [sys.executable, "-m", "cli", "index", str(folder)],
         cwd=work,
         env=env,
         capture_output=True,
@@ -52,7 +52,8 @@ def main() -> None:
     record(
         f"`lookalike index` of {args.dataset} on SQLite, in-process",
         table,
-        f"Output: {summary}\n\nCommand: `python bench/index_catalogue.py --dataset {args.dataset}` "
+        f"Output: {summary}\n\nCommand: "
+        f"`python bench/perf/index_catalogue.py --dataset {args.dataset}` "
         "(model load and neighbour build included in the wall time).",
     )
 

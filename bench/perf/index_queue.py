@@ -5,7 +5,7 @@ Starts N `lookalike worker` processes against Redis and a fresh PostgreSQL datab
 followed), and reports wall time, images/s and the peak resident memory of every process
 (the CLI, and each worker's main and pool processes, from /proc VmHWM).
 
-    python bench/index_queue.py [--dataset fashion-small] [--workers 2]
+    python bench/perf/index_queue.py [--dataset fashion-small] [--workers 2]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import create_database, drop_database, lookalike_env, record, unpacked
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument(
         "--keep-database",
         action="store_true",
-        help="Leave the indexed database for bench/neighbours.py and friends.",
+        help="Leave the indexed database for bench/perf/neighbours.py and friends.",
     )
     args = parser.parse_args()
 
@@ -59,14 +59,14 @@ def main() -> None:
         LOOKALIKE_QUEUE=f"lookalike-bench-{uuid.uuid4().hex[:6]}",
     )
     subprocess.run(
-        [sys.executable, "-m", "core.cli", "db", "upgrade"],
+        [sys.executable, "-m", "cli", "db", "upgrade"],
         env=env,
         check=True,
         capture_output=True,
     )
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "worker", "--concurrency", "1"],
+            [sys.executable, "-m", "cli", "worker", "--concurrency", "1"],
             env=env,
             stdout=(work / f"worker-{n}.log").open("wb"),
             stderr=subprocess.STDOUT,
@@ -85,7 +85,7 @@ def main() -> None:
             time.sleep(0.5)
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "core.cli", "index", str(folder)],
+            [sys.executable, "-m", "cli", "index", str(folder)],
             env=env,
             capture_output=True,
             text=True,
@@ -125,7 +125,7 @@ def main() -> None:
             if k.startswith("LOOKALIKE_") and k != "LOOKALIKE_DATABASE_URL"
         )
         + f"\n\nOutput: {summary}\n\nDatabase kept: {url if args.keep_database else 'no'}."
-        f" Command: `python bench/index_queue.py --dataset {args.dataset} "
+        f" Command: `python bench/perf/index_queue.py --dataset {args.dataset} "
         f"--workers {args.workers}`.",
     )
 

@@ -1,7 +1,7 @@
 """The seed's first version against Lookalike, per query image: rebuilding VGG16 and running
 `predict` on one image per query, against one warm batched call of the loaded encoder.
 
-    python bench/seed_v1.py [--queries 3] [--batch 64]
+    python bench/perf/seed_v1.py [--queries 3] [--batch 64]
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import record, unpacked
 from core.catalogue import read_catalogue
-from core.encoder import VGG16Encoder, resolve_spec
+from core.encoder import VGG16Encoder
+from core.model_spec import resolve_spec
 from core.settings import get_settings
 
 
@@ -62,7 +63,7 @@ def main() -> None:
         f"Seed V1 path against a warm batched call, {spec.model_id}",
         table,
         f"Medians over {args.queries} cold queries and 3 warm batches. Command: "
-        f"`python bench/seed_v1.py --queries {args.queries} --batch {args.batch}`.",
+        f"`python bench/perf/seed_v1.py --queries {args.queries} --batch {args.batch}`.",
     )
 
 

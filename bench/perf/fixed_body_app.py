@@ -1,8 +1,8 @@
 """The ceiling of the web stack on this machine: the same Flask under the same gunicorn, at the
-same address, answering a fixed body with no database. bench/read_path.py serves it beside
+same address, answering a fixed body with no database. bench/perf/read_path.py serves it beside
 Lookalike and loads both alike, so the ratio between them is what the read itself costs.
 
-    LOOKALIKE_BENCH_BODY=FILE gunicorn -k gthread bench.fixed_body_app:app
+    LOOKALIKE_BENCH_BODY=FILE gunicorn -k gthread bench.perf.fixed_body_app:app
 """
 
 from __future__ import annotations

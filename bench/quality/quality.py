@@ -5,16 +5,18 @@ block3/4/5 maps pooled at once and cached under ``--cache``; then recipes (layer
 concatenation, PCA whitening, power normalisation, graph re-ranking, multi-scale sums) are
 searched in stages, each stage building on the best of the one before. Every list is scored
 with ``core.evaluation.evaluate_lists`` against ``articleType``, the same code as
-``lookalike evaluate``; labels never touch the vectors. The whole table, sorted by macro then
-micro precision@10, replaces the generated part of QUALITY.md.
+``lookalike evaluate``; labels never touch the vectors. Every scored recipe, sorted by macro
+then micro precision@10, goes to docs/quality-recipes.csv; the summary and the best rows of that
+ranking replace the generated part of QUALITY.md.
 
-    python bench/quality.py                  # about 20 minutes on 2 cores, writes QUALITY.md
-    python bench/quality.py --quick          # 300 photos, nothing written
+    python bench/quality/quality.py            # about 20 minutes on 2 cores, writes both
+    python bench/quality/quality.py --quick    # 300 photos, nothing written
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import datetime
 import itertools
@@ -28,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import ROOT, commit, machine, record, unpacked
-from bench.pooled_features import (
+from bench.quality.pooled_features import (
     DEFAULT_VIEWS,
     LAYERS,
     POOLS,
@@ -40,7 +42,7 @@ from bench.pooled_features import (
     build_trunk,
     cached_features,
 )
-from bench.recipes import (
+from bench.quality.recipes import (
     Part,
     PcaCache,
     Recipe,
@@ -49,7 +51,7 @@ from bench.recipes import (
     neighbour_positions,
     recipe_vectors,
 )
-from bench.ssl_head import train_head
+from bench.quality.ssl_head import train_head
 from core.catalogue import read_catalogue
 from core.encoder import PixelEncoder
 from core.evaluation import evaluate_lists
@@ -58,6 +60,8 @@ K = 10
 LABEL = "articleType"
 COLOUR = "baseColour"
 QUALITY = ROOT / "QUALITY.md"
+RESULTS = ROOT / "docs" / "quality-recipes.csv"
+TOP_ROWS = 15  # of the ranking, in QUALITY.md; every row is in RESULTS
 START, END = "<!-- quality.py:start -->", "<!-- quality.py:end -->"
 TARGET_MACRO, TARGET_MICRO, TARGET_MARGIN = 0.45, 0.80, 0.15
 POWERS = (1.0, 0.5)
@@ -385,19 +389,62 @@ def fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def table(rows: Sequence[Row]) -> str:
+def ranked(rows: Sequence[Row]) -> list[Row]:
+    """The harness's ranking: macro, then micro P@10, best first."""
+    return sorted(rows, key=Row.key, reverse=True)
+
+
+RESULT_COLUMNS = (
+    "rank",
+    "recipe",
+    "micro_p_at_10",
+    "macro_p_at_10",
+    "map_at_10",
+    "colour_p_at_10",
+    "dims",
+    "images_per_second",
+    "graph",
+    "stage",
+)
+
+
+def result_cells(rank: int, row: Row) -> list[str]:
+    """One row of RESULTS, in RESULT_COLUMNS' order, rounded as QUALITY.md shows it."""
+    return [
+        str(rank),
+        row.recipe,
+        fmt(row.micro),
+        fmt(row.macro),
+        fmt(row.mean_ap),
+        fmt(row.colour),
+        str(row.dims),
+        f"{row.images_per_second:.1f}",
+        "yes" if row.graph else "no",
+        row.stage,
+    ]
+
+
+def write_results(rows: Sequence[Row], path: Path = RESULTS) -> None:
+    """Every scored recipe, ranked, as CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(RESULT_COLUMNS)
+        writer.writerows(result_cells(rank, row) for rank, row in enumerate(ranked(rows), 1))
+
+
+def table(rows: Sequence[Row], top: int = TOP_ROWS) -> str:
+    """The best ``top`` rows of the ranking as a Markdown table."""
     lines = [
         "| # | recipe | micro P@10 | macro P@10 | mAP@10 | colour P@10 | dims | images/s "
         "| graph | stage |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    ranked = sorted(rows, key=lambda row: (row.macro, row.micro), reverse=True)
-    for rank, row in enumerate(ranked, start=1):
-        lines.append(
-            f"| {rank} | {row.recipe} | {fmt(row.micro)} | {fmt(row.macro)} | "
-            f"{fmt(row.mean_ap)} | {fmt(row.colour)} | {row.dims} | "
-            f"{row.images_per_second:.1f} | {'yes' if row.graph else ''} | {row.stage} |"
-        )
+    for rank, row in enumerate(ranked(rows)[:top], start=1):
+        cells = result_cells(rank, row)
+        cells[1] = row.recipe.replace("|", "\\|")  # a recipe's steps are joined by " | "
+        cells[8] = "yes" if row.graph else ""
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -422,42 +469,41 @@ def highlights(bench: Bench, plain: Recipe) -> str:
     def uses(recipe: Recipe, layer: str, pool: str) -> bool:
         return any(part.layer == layer and part.pool == pool for part in recipe.parts)
 
-    questions: list[tuple[str, str, Callable[[Recipe], bool]]] = []
-    for layer in LAYERS:
-        questions.append(
+    combos = sorted({tuple(p.layer for p in r.parts) for r in bench.scored if len(r.parts) > 1})
+    like_plain = {view: with_views(plain, (view,)) for view in bench.store}
+    questions: list[tuple[str, str, Callable[[Recipe], bool]]] = [
+        *(
             (
                 "layer, alone",
                 layer,
                 lambda r, x=layer: one(r) and len(r.parts) == 1 and r.parts[0].layer == x,
             )
-        )
-    for layer, pool in itertools.product(("b4", "b5"), POOLS):
-        questions.append(
+            for layer in LAYERS
+        ),
+        *(
             (
                 "pooling (any recipe using it)",
                 f"{layer} {pool}",
                 lambda r, x=layer, p=pool: r.rerank is None and uses(r, x, p),
             )
-        )
-    combos = sorted({tuple(p.layer for p in r.parts) for r in bench.scored if len(r.parts) > 1})
-    for combo in combos:
-        questions.append(
+            for layer, pool in itertools.product(("b4", "b5"), POOLS)
+        ),
+        *(
             (
                 "layers concatenated",
                 " + ".join(combo),
                 lambda r, c=combo: one(r) and tuple(part.layer for part in r.parts) == c,
             )
-        )
-    for view in bench.store:
-        same = with_views(plain, (view,))
-        questions.append(
+            for combo in combos
+        ),
+        *(
             (
                 "input view, same layers, pooling and PCA as the best plain recipe",
                 f"{view}: {VIEWS[view].describe()}",
                 lambda r, x=same: r == x,
             )
-        )
-    questions += [
+            for view, same in like_plain.items()
+        ),
         ("post-processing", "L2 only, no PCA", lambda r: r.rerank is None and not r.pca),
         *(
             (
@@ -633,14 +679,18 @@ def write_quality(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="300 photos; QUALITY.md untouched")
+    parser.add_argument(
+        "--quick", action="store_true", help="300 photos; QUALITY.md and the CSV untouched"
+    )
     parser.add_argument("--images", type=int, default=0, help="first N photos (0: all)")
     parser.add_argument("--data", type=Path, help="an unpacked fashion-dev folder")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lookalike-quality"))
     parser.add_argument(
         "--views", default=",".join(DEFAULT_VIEWS), help=f"comma-separated, of {', '.join(VIEWS)}"
     )
-    parser.add_argument("--no-write", action="store_true", help="leave QUALITY.md untouched")
+    parser.add_argument(
+        "--no-write", action="store_true", help="leave QUALITY.md and the CSV untouched"
+    )
     parser.add_argument("--record", action="store_true", help="append a summary to BENCHMARKS.md")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -680,19 +730,22 @@ def main() -> None:
     robustness(bench, found["best without graph re-ranking"])
     seconds = time.perf_counter() - started
 
-    command = "python bench/quality.py" + (" --quick" if args.quick else "")
+    command = "python bench/quality/quality.py" + (" --quick" if args.quick else "")
     if args.images:
         command += f" --images {args.images}"
     text = summary(bench, found, macro_ceiling(labels), seconds, command)
     choices = highlights(bench, found["best without graph re-ranking"])
     full = (
         f"{text}\n\nThe best recipe for each choice:\n\n{choices}\n\n"
-        f"Every recipe scored, by macro then micro P@10:\n\n{table(bench.rows)}"
+        f"The best {min(TOP_ROWS, len(bench.rows))} of the {len(bench.rows)} recipes scored, "
+        f"by macro then micro P@10 (every one, with the same columns, in "
+        f"`{RESULTS.relative_to(ROOT)}`):\n\n{table(bench.rows)}"
     )
     print(full)
     log(f"done in {seconds / 60:.1f} minutes")
     if not (args.quick or args.no_write):
         write_quality(full)
+        write_results(bench.rows)
     if args.record:
         record(f"Retrieval quality on fashion-dev, {len(ids)} photos", text)
 

@@ -6,10 +6,10 @@ connection, so a slow server is sent less and its worst latencies are never meas
 i at ``start + i / rate`` on the first idle kept-alive connection and times it from that
 moment, so time spent waiting for a connection counts against the server.
 
-    python bench/open_loop.py URL_TEMPLATE --ids FILE [--rate 500] [--seconds 20]
+    python bench/perf/open_loop.py URL_TEMPLATE --ids FILE [--rate 500] [--seconds 20]
 
 ``URL_TEMPLATE`` holds ``{id}``, replaced per request by an id drawn at random from ``--ids``
-(one per line). Used by bench/read_path.py; runnable on its own.
+(one per line). Used by bench/perf/read_path.py; runnable on its own.
 """
 
 from __future__ import annotations

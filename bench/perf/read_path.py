@@ -3,21 +3,21 @@ query from README against PostgreSQL, each at a fixed rate and at saturation, be
 ceiling of the same web stack on this machine.
 
 Needs a PostgreSQL database with a catalogue indexed (--database-url; the 44k fashion-small
-one from `bench/index_queue.py --keep-database`). Every request asks for a random product.
+one from `bench/perf/index_queue.py --keep-database`). Every request asks for a random product.
 
-- Fixed rate: an open-loop client (bench/open_loop.py) sends --rate requests/s on schedule
+- Fixed rate: an open-loop client (bench/perf/open_loop.py) sends --rate requests/s on schedule
   and times each from when it was due, so queueing counts (wrk would send less when the
   server slows: coordinated omission).
 - Saturation: wrk on loopback, 64 kept-alive connections, closed loop.
 - Ceiling: the same Flask under the same gunicorn settings answering a fixed body of the same
-  size with no database (bench/fixed_body_app.py), saturated the same way, in the same run.
+  size with no database (bench/perf/fixed_body_app.py), saturated the same way, in the same run.
 - SQL: pgbench (--rate for the fixed rate), over a temporary table of the product ids.
 
 Each HTTP measurement runs --repeats times, interleaved, after a warm-up; the table gives
 medians. CPU per request at saturation is read from /proc (gunicorn, PostgreSQL) and from
 wrk's own usage.
 
-    python bench/read_path.py --database-url URL [--rate 500] [--seconds 15] [--repeats 3]
+    python bench/perf/read_path.py --database-url URL [--rate 500] [--seconds 15] [--repeats 3]
         [--web-workers 3] [--web-threads 2] [--no-access-log]
 """
 
@@ -37,10 +37,10 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import ROOT, free_port, lookalike_env, record, start_web
-from bench.open_loop import open_loop
+from bench.perf.open_loop import open_loop
 
 README_QUERY = (
     "SELECT n.rank, n.neighbour_id, n.score, p.meta FROM neighbours n "
@@ -153,14 +153,14 @@ def _pgbench(
 def _start_ceiling(
     body: Path, workers: int, threads: int, access_log: bool
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """bench/fixed_body_app.py under gunicorn with the settings `lookalike serve` uses."""
-    from core.cli import gunicorn_options
+    """bench/perf/fixed_body_app.py under gunicorn with the settings `lookalike serve` uses."""
+    from cli.main import gunicorn_options
 
     options = gunicorn_options(workers, threads, access_log)
     port = free_port()
     bind = ["--bind", f"127.0.0.1:{port}"]
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", *options, *bind, "bench.fixed_body_app:app"],
+        [sys.executable, "-m", "gunicorn", *options, *bind, "bench.perf.fixed_body_app:app"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "LOOKALIKE_BENCH_BODY": str(body)},
         stdout=subprocess.DEVNULL,
@@ -319,7 +319,7 @@ def main() -> None:
         f"{args.web_threads} threads, access log {'on' if args.access_log else 'off'}; the "
         f"load generators, PostgreSQL and gunicorn all on the same 2-core machine; "
         f"{args.repeats} runs of {args.seconds} s per HTTP row, interleaved, after a warm-up. "
-        f"Command: `python bench/read_path.py --database-url URL --rate {args.rate} "
+        f"Command: `python bench/perf/read_path.py --database-url URL --rate {args.rate} "
         f"--seconds {args.seconds} --repeats {args.repeats} --web-workers {args.web_workers} "
         f"--web-threads {args.web_threads}{'' if args.access_log else ' --no-access-log'}`.",
     )

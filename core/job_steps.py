@@ -1,0 +1,322 @@
+"""The steps of every kind of job, the same whoever runs them: a Celery task on a worker, or the
+command line's in-process queue (the embedded default).
+
+A step takes the process's ``Context``, a ``Session`` the runner owns, and small arguments
+(ids); it re-reads what it needs, and yields where the runner must commit (after each embedded
+batch, and before it hands the next step to the queue). Every write is an upsert or a
+delete-then-insert keyed by product and model, so a step that runs twice (a redelivered task)
+changes nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core.context import Context
+from core.errors import InvalidImage, JobNotFound
+from core.jobs import (
+    ChunkState,
+    JobState,
+    JobStep,
+    StepCall,
+    finish_job,
+    get_job,
+    record_failures,
+    start_job,
+    state_of,
+)
+from core.models import Job, JobChunk, Product
+from core.neighbour_table import lock_neighbour_table
+from core.neighbour_updates import delete_products, rebuild_lists, update_lists
+from core.neighbours import NO_NEIGHBOUR, search
+from core.pipeline import ImageFailure
+from core.products import ProductSync, embed_pending, pending_products
+from core.spaces import ProjectionSettings, Space, project_queries, resolve_space
+
+log = logging.getLogger(__name__)
+Commits = Iterator[None]
+
+
+def run_step(context: Context, session: Session, call: StepCall) -> Commits:
+    """Run one step; the caller commits at each yield, and once more when it ends."""
+    commits = STEPS[call.step](context, session, *call.args)
+    if commits is not None:
+        yield from commits
+
+
+def _space(context: Context, session: Session, **options: bool) -> Space:
+    """The space this job works in, resolved once for it."""
+    wanted = ProjectionSettings.of(context.settings)
+    return resolve_space(session, context.encoder.model_id, wanted, **options)
+
+
+# --- index: chunks embedded anywhere, then one finalise --------------------------------
+
+
+def index_chunk(context: Context, session: Session, job_id: str, chunk_no: int) -> Commits:
+    """Embed one chunk of an index job; the chunk that finishes the job sends the finalise."""
+    chunk = session.get(JobChunk, (job_id, chunk_no))
+    if chunk is None:
+        raise JobNotFound(f"{job_id}/{chunk_no}")
+    if not state_of(get_job(session, job_id)).finished:
+        yield from _embed_chunk(context, session, chunk)
+    last = _finish_chunk(session, job_id, chunk_no)
+    yield  # the chunk is done before anyone may finalise
+    if last:
+        context.queue.send(StepCall(JobStep.FINALISE_INDEX, (job_id,)))
+
+
+def _embed_chunk(context: Context, session: Session, chunk: JobChunk) -> Commits:
+    s = context.settings
+    pending = pending_products(session, context.encoder.model_id, chunk.product_ids)
+    if chunk.state == ChunkState.QUEUED:
+        # Counted on the first run only: a redelivered chunk finds its own earlier work.
+        chunk.skipped = chunk.total - len(pending)
+    chunk.state = ChunkState.RUNNING.value
+    chunk.done = chunk.total - len(pending)
+    started = time.perf_counter()
+    failed = 0
+    for batch in embed_pending(
+        session, context.encoder, pending, s.batch_size, s.decode_workers, chunk.job_id
+    ):
+        chunk.done += batch.size
+        failed += len(batch.failures)
+        _set_progress(session, chunk.job_id)
+        yield
+    log.info(
+        "chunk done job=%s chunk=%d images=%d embedded=%d failed=%d seconds=%.1f",
+        chunk.job_id,
+        chunk.chunk_no,
+        chunk.total,
+        len(pending) - failed,
+        failed,
+        time.perf_counter() - started,
+    )
+
+
+def _set_progress(session: Session, job_id: str) -> None:
+    """The job's progress as the sum of its chunks': set, never incremented, so a chunk that
+    runs twice counts once."""
+    done = select(func.coalesce(func.sum(JobChunk.done), 0)).where(JobChunk.job_id == job_id)
+    session.execute(update(Job).where(Job.id == job_id).values(done=done.scalar_subquery()))
+
+
+def _finish_chunk(session: Session, job_id: str, chunk_no: int) -> bool:
+    """Mark a chunk done. True when this call finished the job's last chunk and so must have
+    the neighbour table built (exactly one caller gets True)."""
+    session.execute(
+        update(JobChunk)
+        .where(JobChunk.job_id == job_id, JobChunk.chunk_no == chunk_no)
+        .values(state=ChunkState.DONE.value, done=JobChunk.total)
+    )
+    _set_progress(session, job_id)
+    session.flush()
+    job = get_job(session, job_id, lock=True)  # serialises the last chunks' checks
+    left = session.scalar(
+        select(func.count())
+        .select_from(JobChunk)
+        .where(JobChunk.job_id == job_id, JobChunk.state != ChunkState.DONE.value)
+    )
+    if left or state_of(job) is not JobState.RUNNING:
+        return False
+    job.state = JobState.FINALISING.value
+    return True
+
+
+def finalise_index(context: Context, session: Session, job_id: str) -> None:
+    """Build the neighbour table once every chunk of an index job is embedded."""
+    job = get_job(session, job_id)
+    if state_of(job) not in (JobState.FINALISING, JobState.RUNNING):
+        return
+    started = time.perf_counter()
+    s = context.settings
+    lock_neighbour_table(session)  # before the projection is chosen: one fit at a time
+    space = _space(context, session, refit=bool(job.params.get("refit")))
+    written = rebuild_lists(session, space, context.spaces, s.neighbours, s.block_size)
+    summary = _index_summary(session, job, context.encoder.model_id, space, written)
+    finish_job(job, result=summary.as_result())
+    log.info(
+        "index done job=%s products=%d lists_written=%d seconds=%.1f",
+        job_id,
+        job.total,
+        written,
+        time.perf_counter() - started,
+    )
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """What an index job did, as its result records it."""
+
+    job_id: str
+    products: ProductSync
+    embedded: int
+    failed: int
+    skipped: int
+    lists_written: int
+    space_id: str
+
+    def as_result(self) -> dict[str, Any]:
+        # "model_id" is the API's name for the space the lists were built in.
+        return {
+            "model_id": self.space_id,
+            "products_added": self.products.added,
+            "products_changed": self.products.changed,
+            "products_unchanged": self.products.unchanged,
+            "embedded": self.embedded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "lists_written": self.lists_written,
+        }
+
+    @classmethod
+    def of(cls, job: Job) -> IndexSummary:
+        """The summary of a finished index job."""
+        result = job.result or {}
+        products = ProductSync(
+            result.get("products_added", 0),
+            result.get("products_changed", 0),
+            result.get("products_unchanged", 0),
+        )
+        return cls(
+            job.id,
+            products,
+            result.get("embedded", 0),
+            result.get("failed", 0),
+            result.get("skipped", 0),
+            result.get("lists_written", 0),
+            result.get("model_id", ""),
+        )
+
+
+def _index_summary(
+    session: Session, job: Job, embedding_model_id: str, space: Space, written: int
+) -> IndexSummary:
+    chunks = session.execute(
+        select(JobChunk.product_ids, JobChunk.skipped).where(JobChunk.job_id == job.id)
+    ).all()
+    ids = [pid for product_ids, _ in chunks for pid in product_ids]
+    skipped = sum(count for _, count in chunks)
+    failed = len(pending_products(session, embedding_model_id, ids))
+    products = ProductSync(**job.params.get("products", {}))
+    return IndexSummary(
+        job.id, products, len(ids) - failed - skipped, failed, skipped, written, space.id
+    )
+
+
+# --- add, delete, search ----------------------------------------------------------------
+
+
+def add_products(context: Context, session: Session, job_id: str) -> Commits:
+    """Embed an add job's products, give them their lists and update every list they enter."""
+    s = context.settings
+    job = get_job(session, job_id)
+    ids: list[str] = list(job.params.get("product_ids", []))
+    pending = pending_products(session, context.encoder.model_id, ids)
+    start_job(job, total=len(ids))
+    job.done = len(ids) - len(pending)
+    yield
+    for batch in embed_pending(
+        session, context.encoder, pending, s.batch_size, s.decode_workers, job_id
+    ):
+        job.done += batch.size
+        yield
+    started = time.perf_counter()
+    lock_neighbour_table(session)
+    space = _space(context, session)
+    stale = job.params.get("replaced", [])
+    written = update_lists(
+        session, space, context.spaces, s.neighbours, s.block_size, stale_ids=stale
+    )
+    failed = len(pending_products(session, context.encoder.model_id, ids))
+    finish_job(job, result={"model_id": space.id, "lists_written": written, "failed": failed})
+    log.info(
+        "add done job=%s products=%d failed=%d lists_written=%d seconds=%.1f",
+        job_id,
+        job.total,
+        failed,
+        written,
+        time.perf_counter() - started,
+    )
+
+
+def delete_job_products(context: Context, session: Session, job_id: str) -> None:
+    """Delete a job's products and repair every list that held them."""
+    s = context.settings
+    job = get_job(session, job_id)
+    ids: list[str] = list(job.params.get("product_ids", []))
+    start_job(job, total=len(ids))
+    lock_neighbour_table(session)
+    space = _space(context, session)
+    written = delete_products(session, ids, space, context.spaces, s.neighbours, s.block_size)
+    job.done = len(ids)
+    finish_job(job, result={"deleted": ids, "lists_written": written})
+    log.info("delete done job=%s products=%d lists_written=%d", job_id, len(ids), written)
+
+
+def search_photo(context: Context, session: Session, job_id: str) -> None:
+    """Embed a search job's photo and find its top-k in the catalogue, without adding it."""
+    job = get_job(session, job_id)
+    start_job(job, total=1)
+    path = str(job.params["image_path"])
+    started = time.perf_counter()
+    encoder = context.encoder
+    try:
+        query = encoder.embed_batch(encoder.prepare(path)[None, ...])
+    except InvalidImage as exc:
+        name = str(job.params.get("filename", path))
+        record_failures(session, job_id, [ImageFailure("", name, exc.message)])
+        finish_job(job, error=f"{name}: {exc.message}")
+        return
+    # The space the stored lists live in; a search never fits a projection.
+    space = _space(context, session, fit=False)
+    hits = _nearest_products(context, session, space, project_queries(session, space, query))
+    job.done = 1
+    finish_job(job, result={"model_id": space.id, "neighbours": hits})
+    log.info(
+        "search done job=%s hits=%d seconds=%.2f", job_id, len(hits), time.perf_counter() - started
+    )
+
+
+def _nearest_products(
+    context: Context, session: Session, space: Space, query: Any
+) -> list[dict[str, Any]]:
+    vectors = context.spaces.vectors(session, space)
+    if not vectors.ids:
+        return []
+    s = context.settings
+    found = search(vectors.vectors, query, s.neighbours, s.block_size)
+    ids = [vectors.ids[pos] for pos in found.positions[0] if pos != NO_NEIGHBOUR]
+    products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(ids)))}
+    hits: list[dict[str, Any]] = []
+    for rank, (pos, score) in enumerate(
+        zip(found.positions[0], found.scores[0], strict=True), start=1
+    ):
+        if pos == NO_NEIGHBOUR:
+            continue
+        product = products[vectors.ids[pos]]
+        hits.append(
+            {
+                "rank": rank,
+                "id": product.id,
+                "score": round(float(score), 6),
+                **(product.meta or {}),
+            }
+        )
+    return hits
+
+
+STEPS: dict[JobStep, Callable[..., Commits | None]] = {
+    JobStep.INDEX_CHUNK: index_chunk,
+    JobStep.FINALISE_INDEX: finalise_index,
+    JobStep.ADD_PRODUCTS: add_products,
+    JobStep.DELETE_PRODUCTS: delete_job_products,
+    JobStep.SEARCH: search_photo,
+}

@@ -1,0 +1,182 @@
+"""A product's lookalikes as people and programs read them: the storefront's hot path (one
+statement on the driver's cursor) and the ORM read the pages and the command line use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    CompoundSelect,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
+from sqlalchemy.orm import Session
+
+from core.db import DriverStatement
+from core.errors import NotIndexed, ProductNotFound
+from core.models import Embedding, Neighbour, Product
+
+
+@dataclass(frozen=True)
+class ProductSummary:
+    """What a neighbour list shows of a product: its id and metadata."""
+
+    id: str
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str | None:
+        value = self.meta.get("productDisplayName") if self.meta else None
+        return str(value) if value is not None else None
+
+
+@dataclass
+class SimilarProduct:
+    rank: int
+    product: ProductSummary
+    score: float
+
+
+def similar_products(session: Session, product_id: str) -> tuple[Product, list[SimilarProduct]]:
+    """A product and its stored neighbour list, best first.
+
+    Raises:
+        ProductNotFound: no such product.
+        NotIndexed: the product has no neighbour list yet.
+    """
+    product = session.get(Product, product_id)
+    if product is None:
+        raise ProductNotFound(product_id)
+    # Plain rows, not ORM objects: this is the storefront's hot path.
+    rows = session.execute(
+        select(Neighbour.rank, Neighbour.score, Product.id, Product.meta)
+        .join(Product, Product.id == Neighbour.neighbour_id)
+        .where(Neighbour.product_id == product_id)
+        .order_by(Neighbour.rank)
+    ).all()
+    neighbours = [
+        SimilarProduct(rank, ProductSummary(pid, meta or {}), score)
+        for rank, score, pid, meta in rows
+    ]
+    if not neighbours:
+        count = session.scalar(
+            select(func.count()).select_from(Embedding).where(Embedding.product_id == product_id)
+        )
+        reason = "it has no vector yet" if not count else "its list has not been built yet"
+        raise NotIndexed(f"product {product_id!r} has no neighbours: {reason}")
+    return product, neighbours
+
+
+@dataclass
+class ProductView:
+    """A product and its lookalikes; ``neighbours`` is empty until its list is built."""
+
+    product: Product
+    neighbours: list[SimilarProduct]
+    reason: str | None = None
+
+
+def product_with_lookalikes(session: Session, product_id: str) -> ProductView:
+    """A product and its stored lookalikes, or the reason it has none yet.
+
+    Raises:
+        ProductNotFound: no such product.
+    """
+    try:
+        product, neighbours = similar_products(session, product_id)
+    except NotIndexed as exc:
+        product_or_none = session.get(Product, product_id)
+        if product_or_none is None:  # deleted between the two reads
+            raise ProductNotFound(product_id) from None
+        return ProductView(product_or_none, [], exc.message)
+    return ProductView(product, neighbours)
+
+
+@dataclass
+class Lookalikes:
+    """A product's id and metadata, and its stored list, best first."""
+
+    product: ProductSummary
+    neighbours: list[SimilarProduct]
+
+
+def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, str | None]]:
+    products, neighbours = Product.__table__, Neighbour.__table__
+    listed = products.alias("listed")
+    product_id = bindparam("product_id", type_=String)
+    # The product itself comes first as rank 0. Table columns, not ORM attributes, and one
+    # statement built once: no ORM loading and no cache key to compute per request. The
+    # metadata comes as its JSON text, parsed here by orjson, whatever the driver.
+    return union_all(
+        select(
+            literal_column("0", Integer).label("rank"),
+            null().cast(Float).label("score"),
+            products.c.id,
+            cast(products.c.meta, Text).label("meta"),
+        ).where(products.c.id == product_id),
+        select(
+            neighbours.c.rank,
+            neighbours.c.score,
+            listed.c.id,
+            cast(listed.c.meta, Text).label("meta"),
+        )
+        .join(listed, listed.c.id == neighbours.c.neighbour_id)
+        .where(neighbours.c.product_id == product_id),
+    ).order_by(literal_column("rank"))
+
+
+_LOOKALIKES = _lookalikes_statement()
+
+
+def _summary(product_id: str, meta: str | None) -> ProductSummary:
+    return ProductSummary(product_id, orjson.loads(meta) if meta else {})
+
+
+class LookalikesReader:
+    """A product and its stored neighbour list, best first: the storefront's hot path.
+
+    One statement reads both, so they come from one snapshot even outside a transaction; it
+    runs on the driver's own cursor (``core.db.DriverStatement``), on an engine of its own in
+    autocommit (``core.db.make_read_engine``): no BEGIN, no ROLLBACK, no ping, no ORM.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._statement = DriverStatement(engine, _LOOKALIKES)
+
+    def __call__(self, product_id: str) -> Lookalikes:
+        """The product and its list.
+
+        Raises:
+            ProductNotFound: no such product.
+            NotIndexed: the product has no neighbour list yet.
+        """
+        rows = self._statement.rows(product_id=product_id)
+        if not rows:
+            raise ProductNotFound(product_id)
+        if len(rows) == 1:
+            # Rare: let the full read say why there is no list (or find one written meanwhile).
+            return self._full_read(product_id)
+        (_, _, own_id, own_meta), *listed = rows
+        return Lookalikes(
+            _summary(own_id, own_meta),
+            [SimilarProduct(rank, _summary(pid, meta), score) for rank, score, pid, meta in listed],
+        )
+
+    def _full_read(self, product_id: str) -> Lookalikes:
+        with self.engine.connect() as connection, Session(bind=connection) as session:
+            product, neighbours = similar_products(session, product_id)
+        return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours)

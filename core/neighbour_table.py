@@ -1,0 +1,264 @@
+"""The neighbour table: one product's top-k list per ``(product_id, rank)`` row, the storefront's
+product. This module reads lists, writes the difference between stored and new lists, and
+guards the table with its one lock; ``core.neighbour_updates`` decides what the lists should be.
+
+Every writer takes :func:`lock_neighbour_table` first, and records the lists it wrote with
+:func:`log_list_writes`, so that other processes' copies of the list ends can follow. Functions
+here take a ``Session`` and never commit: a list is replaced inside the caller's transaction,
+so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from core.db import in_chunks, read_rows, upsert
+from core.models import ChangeCounter, ListWrite, Neighbour
+from core.neighbours import NO_NEIGHBOUR, Neighbours, empty_lists
+from core.spaces import Space
+from core.vectors import VectorSet
+
+NEIGHBOURS_COUNTER = "neighbours"
+_WRITE_ROWS = 50_000
+_UNNEST = (
+    "unnest(CAST(:product_ids AS varchar[]), CAST(:ranks AS integer[]), "
+    "CAST(:neighbour_ids AS varchar[]), CAST(:scores AS double precision[])) "
+    "AS row (product_id, rank, neighbour_id, score)"
+)
+_INSERT_UNNEST = text(
+    "INSERT INTO neighbours (product_id, rank, neighbour_id, score, space_id) "
+    f"SELECT product_id, rank, neighbour_id, score, :space_id FROM {_UNNEST}"
+)
+_UPDATE_UNNEST = text(
+    "UPDATE neighbours SET neighbour_id = row.neighbour_id, score = row.score, "
+    f"space_id = :space_id FROM {_UNNEST} "
+    "WHERE neighbours.product_id = row.product_id AND neighbours.rank = row.rank"
+)
+# Reading more lists than this reads every list at once; up to _FEW_LISTS goes through
+# SQLAlchemy (its compiled statements are cached), more through the binary reader.
+_ALL_LISTS = 5_000
+_FEW_LISTS = 64
+# The log of list writes keeps this many counter steps (a step is a statement on PostgreSQL, a
+# row on SQLite), and leaves out a transaction that rewrote more lists than this.
+_LOG_SPAN = 1_000_000
+_LOG_MAX_LISTS = 5_000
+_LOG_PRUNE = 1_000  # prune when the counter passes a multiple of this
+
+
+def read_counter(session: Session, name: str) -> int | None:
+    """A change counter's value (None when its row is missing)."""
+    return session.scalar(select(ChangeCounter.value).where(ChangeCounter.name == name))
+
+
+def lock_neighbour_table(session: Session) -> int | None:
+    """The one lock of the neighbour table: one writer at a time, until this transaction ends.
+
+    It is the row lock of the ``neighbours`` change counter, which every write to the table
+    takes too (through the triggers of migration 0004), so two jobs updating lists on different
+    workers serialise instead of overwriting each other's changes. Taking it again in the same
+    transaction is free. Returns the counter (None when the row is missing).
+    """
+    # An UPDATE, not SELECT ... FOR UPDATE: on SQLite it is what starts a write transaction.
+    value: int | None = session.scalar(
+        update(ChangeCounter)
+        .where(ChangeCounter.name == NEIGHBOURS_COUNTER)
+        .values(value=ChangeCounter.value)
+        .returning(ChangeCounter.value)
+    )
+    return value
+
+
+def log_list_writes(session: Session, before: int | None, product_ids: Iterable[str]) -> int | None:
+    """Record that this transaction rewrote (or removed) the lists of ``product_ids`` since
+    ``before``, what :func:`lock_neighbour_table` returned, and nothing else; returns the counter
+    now. Callers record every list they wrote: a list left out would be missed elsewhere.
+    """
+    after = read_counter(session, NEIGHBOURS_COUNTER)
+    if before is None or after is None or after == before:
+        return after
+    ids = sorted(set(product_ids))
+    # A rebuild that rewrote most lists is not worth following: the chain breaks there.
+    if len(ids) <= _LOG_MAX_LISTS:
+        session.execute(insert(ListWrite).values(counter=after, previous=before, product_ids=ids))
+    if after // _LOG_PRUNE != before // _LOG_PRUNE:
+        session.execute(delete(ListWrite).where(ListWrite.counter < after - _LOG_SPAN))
+    return after
+
+
+def read_lists(
+    session: Session, vectors: VectorSet, product_ids: Sequence[str], space: Space, k: int
+) -> tuple[Neighbours, set[str]]:
+    """Stored lists of ``product_ids`` as positions in ``vectors``, and the *untidy* ones: those
+    with a row read as absent (another space's, past rank k, or naming a product with no
+    vector here). For every other list the table holds exactly what was read."""
+    lists = empty_lists(len(product_ids), k)
+    untidy: set[str] = set()
+    row_of = {pid: row for row, pid in enumerate(product_ids)}
+    rows, find = _list_rows(session, vectors, product_ids)
+    for pid, rank, neighbour, score, space_id in rows:
+        row = row_of.get(pid)
+        if row is None:
+            continue
+        pos = find(neighbour)
+        if space_id != space.id or pos is None or not 1 <= rank <= k:
+            untidy.add(pid)
+            continue
+        lists.positions[row, rank - 1] = pos
+        lists.scores[row, rank - 1] = np.float32(score)
+    return lists, untidy
+
+
+def _list_rows(
+    session: Session, vectors: VectorSet, product_ids: Sequence[str]
+) -> tuple[list[Any], Callable[[str], int | None]]:
+    """The rows of those lists, read the cheapest way for how many there are, and how to find a
+    neighbour's position."""
+    columns = (
+        Neighbour.product_id,
+        Neighbour.rank,
+        Neighbour.neighbour_id,
+        Neighbour.score,
+        Neighbour.space_id,
+    )
+    if len(product_ids) > _ALL_LISTS:
+        # A rebuild: every list in one read, those not asked for skipped by the caller.
+        return read_rows(session, select(*columns)), vectors.index.get
+    many = len(product_ids) > _FEW_LISTS
+    read = functools.partial(read_rows, session) if many else session.execute
+    rows = [
+        row
+        for chunk in in_chunks(list(product_ids))
+        for row in read(select(*columns).where(Neighbour.product_id.in_(chunk)))
+    ]
+    # Few lists (an add): binary search; many: one dict of every id.
+    return rows, (vectors.index.get if many else vectors.position)
+
+
+def write_lists(
+    session: Session,
+    vectors: VectorSet,
+    product_ids: Sequence[str],
+    lists: Neighbours,
+    space: Space,
+    stored: Neighbours,
+    untidy: set[str],
+) -> None:
+    """Make the stored lists of ``product_ids`` equal ``lists``, in the caller's transaction.
+
+    ``stored`` and ``untidy`` are what :func:`read_lists` gave for them. An untidy list is
+    deleted and written whole; for any other the table holds exactly ``stored``, so only the
+    entries that differ are written and only ranks past a shorter list's end deleted: a list
+    that a newcomer enters at rank r keeps its rows above r untouched.
+    """
+    stored = _clear_untidy(session, product_ids, stored, untidy)
+    _write_entries(session, vectors, product_ids, lists, stored, space)
+    _cut_past_end(session, product_ids, lists, stored)
+
+
+def _clear_untidy(
+    session: Session, product_ids: Sequence[str], stored: Neighbours, untidy: set[str]
+) -> Neighbours:
+    """Delete the untidy lists; ``stored`` as the table now holds it."""
+    redo = np.array([pid in untidy for pid in product_ids], dtype=bool)
+    if not redo.any():
+        return stored
+    delete_lists(session, [pid for pid in product_ids if pid in untidy])
+    return Neighbours(
+        np.where(redo[:, None], NO_NEIGHBOUR, stored.positions),
+        np.where(redo[:, None], np.float32(-np.inf), stored.scores),
+    )
+
+
+def _write_entries(
+    session: Session,
+    vectors: VectorSet,
+    product_ids: Sequence[str],
+    lists: Neighbours,
+    stored: Neighbours,
+    space: Space,
+) -> None:
+    """Write the entries of ``lists`` that differ from ``stored``. On PostgreSQL a row known to
+    be there is updated and a new one inserted, each in one statement over arrays; elsewhere,
+    upserts."""
+    held = lists.positions != NO_NEIGHBOUR
+    there = stored.positions != NO_NEIGHBOUR
+    differs = held & ((lists.positions != stored.positions) | (lists.scores != stored.scores))
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    batches = (
+        ((_UPDATE_UNNEST, differs & there), (_INSERT_UNNEST, differs & ~there))
+        if postgresql
+        else ((None, differs),)
+    )
+    for statement, entries in batches:
+        rows, ranks = np.nonzero(entries)
+        columns = {
+            "product_ids": [product_ids[row] for row in rows.tolist()],
+            "ranks": (ranks + 1).tolist(),
+            "neighbour_ids": [vectors.ids[pos] for pos in lists.positions[entries].tolist()],
+            "scores": lists.scores[entries].astype(np.float64).tolist(),
+        }
+        for start in range(0, len(rows), _WRITE_ROWS):
+            part = {name: values[start : start + _WRITE_ROWS] for name, values in columns.items()}
+            if statement is not None:
+                session.execute(statement, {**part, "space_id": space.id})
+            else:
+                _upsert_entries(session, part, space)
+
+
+def _upsert_entries(session: Session, part: dict[str, list[Any]], space: Space) -> None:
+    upsert(
+        session,
+        Neighbour.__table__,
+        [
+            {"product_id": p, "rank": r, "neighbour_id": n, "score": s, "space_id": space.id}
+            for p, r, n, s in zip(*part.values(), strict=True)
+        ],
+        keys=["product_id", "rank"],
+    )
+
+
+def _cut_past_end(
+    session: Session, product_ids: Sequence[str], lists: Neighbours, stored: Neighbours
+) -> None:
+    """Delete stored ranks past a list's new end (it got shorter, or had a hole where a product
+    was deleted)."""
+    there = stored.positions != NO_NEIGHBOUR
+    lengths = (lists.positions != NO_NEIGHBOUR).sum(axis=1)
+    past_end = (there & (np.arange(there.shape[1]) >= lengths[:, None])).any(axis=1)
+    for length in np.unique(lengths[past_end]).tolist():
+        cut = [
+            pid
+            for pid, n, cut_here in zip(product_ids, lengths, past_end, strict=True)
+            if cut_here and n == length
+        ]
+        for chunk in in_chunks(cut):
+            session.execute(
+                delete(Neighbour).where(Neighbour.product_id.in_(chunk), Neighbour.rank > length)
+            )
+
+
+def delete_lists(session: Session, product_ids: Iterable[str]) -> None:
+    """Remove the whole lists of ``product_ids``."""
+    for chunk in in_chunks(sorted(set(product_ids))):
+        session.execute(delete(Neighbour).where(Neighbour.product_id.in_(chunk)))
+
+
+def lists_mentioning(session: Session, product_ids: Iterable[str]) -> set[str]:
+    """Products whose stored list holds any of ``product_ids``."""
+    found: set[str] = set()
+    for chunk in in_chunks(sorted(set(product_ids))):
+        found.update(
+            session.scalars(select(Neighbour.product_id).where(Neighbour.neighbour_id.in_(chunk)))
+        )
+    return found
+
+
+def listed_products(session: Session) -> set[str]:
+    """Every product that has a stored list, in any space."""
+    return set(session.scalars(select(Neighbour.product_id).where(Neighbour.rank == 1)))

@@ -1,0 +1,216 @@
+"""What the neighbour table should hold, kept exact: a full rebuild, and the incremental update
+after products were added, replaced or deleted, which gives the very same table.
+
+Both take the space they work in (a ``core.spaces.Space``, resolved once per job) and a
+``core.space_reader.SpaceReader`` for its vectors and list ends; the table itself is read and
+written through ``core.neighbour_table`` under its one lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from core.db import in_chunks
+from core.list_ends import ListEnds
+from core.models import Product
+from core.neighbour_table import (
+    delete_lists,
+    listed_products,
+    lists_mentioning,
+    lock_neighbour_table,
+    log_list_writes,
+    read_lists,
+    write_lists,
+)
+from core.neighbours import NO_NEIGHBOUR, Neighbours, add_to_lists, changed_rows, top_k
+from core.space_reader import SpaceReader
+from core.spaces import Space
+from core.vectors import VectorSet
+
+# A newcomer is scored against every list's last entry in float32; lists it comes within this
+# of are read and merged exactly (float32 errs by far less on unit vectors).
+_ENTER_SLACK = 1e-3
+# Rows and newcomers per float32 tile of that check.
+_ENTER_TILE = (8192, 256)
+
+
+def rebuild_lists(
+    session: Session, space: Space, reader: SpaceReader, k: int, block_size: int
+) -> int:
+    """Make the neighbour table exactly the top-k of every vector of ``space``.
+
+    Computes every list, then rewrites only those that differ from the table (and drops lists
+    of products without a vector in this space).
+
+    Returns:
+        The number of lists written or removed.
+    """
+    before = lock_neighbour_table(session)
+    vectors = reader.vectors(session, space)
+    fresh = top_k(vectors.vectors, k, block_size)
+    stored, untidy = read_lists(session, vectors, vectors.ids, space, k)
+    # Lists with rows read as absent (another space's, say) count as changed too.
+    rows = np.union1d(changed_rows(stored, fresh), vectors.positions_found(untidy))
+    changed_ids = [vectors.ids[row] for row in rows]
+    write_lists(
+        session,
+        vectors,
+        changed_ids,
+        Neighbours(fresh.positions[rows], fresh.scores[rows]),
+        space,
+        Neighbours(stored.positions[rows], stored.scores[rows]),
+        untidy,
+    )
+    orphans = sorted(listed_products(session) - set(vectors.ids))
+    delete_lists(session, orphans)
+    after = log_list_writes(session, before, changed_ids + orphans)
+    listed = fresh.positions[:, 0] != NO_NEIGHBOUR
+    ends = ListEnds(k, vectors, listed, fresh.scores[:, k - 1].copy(), {})
+    reader.keep_list_ends(session, space, ends, after)
+    return len(changed_ids) + len(orphans)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which rows of the space an update touches: ``new`` rows (no list yet, or a changed
+    vector), lists to ``recompute`` whole, and the old lists some newcomer may enter."""
+
+    new: np.ndarray
+    recompute: np.ndarray
+    touched: np.ndarray
+    gone: list[str]  # lists to remove: their product has no vector here, or a changed one
+
+
+def update_lists(
+    session: Session,
+    space: Space,
+    reader: SpaceReader,
+    k: int,
+    block_size: int,
+    stale_ids: Iterable[str] = (),
+    repair_ids: Iterable[str] = (),
+) -> int:
+    """Bring the table up to date after products were added, replaced or deleted.
+
+    Never a full rebuild: products without a list (new ones) and ``stale_ids`` (whose vector
+    changed) are scored against everything; lists that held a stale product, and
+    ``repair_ids`` (lists that held a product since deleted), are recomputed; every other list
+    is only read, merged and written if a newcomer comes close to its last entry. The table
+    afterwards equals :func:`rebuild_lists`. Safe to run twice.
+
+    Returns:
+        The number of lists written.
+    """
+    before = lock_neighbour_table(session)  # no other writer until this transaction ends
+    stale = set(stale_ids)
+    repair = (lists_mentioning(session, stale) | set(repair_ids)) - stale
+    stored_ends = reader.list_ends(session, space, k, before)
+    vectors = reader.vectors(session, space)
+    ends = stored_ends.along(vectors)
+    plan = _plan(vectors, ends, stale, repair)
+    delete_lists(session, plan.gone)
+
+    ids = vectors.ids
+    touched_ids = [ids[pos] for pos in plan.touched]
+    current, untidy = read_lists(session, vectors, touched_ids, space, k)
+    updated, _ = add_to_lists(
+        vectors.vectors, current, plan.touched, plan.new, k, block_size, new_lists=False
+    )
+    rows = changed_rows(current, updated)
+    redo = np.flatnonzero(plan.recompute)
+    redo_ids = [ids[pos] for pos in redo]
+    fresh = top_k(vectors.vectors, k, block_size, queries=redo)
+    stored, untidy_redo = read_lists(session, vectors, redo_ids, space, k)
+
+    written_ids = [touched_ids[row] for row in rows] + redo_ids
+    written = _stack(Neighbours(updated.positions[rows], updated.scores[rows]), fresh)
+    previous = _stack(Neighbours(current.positions[rows], current.scores[rows]), stored)
+    write_lists(session, vectors, written_ids, written, space, previous, untidy | untidy_redo)
+    after = log_list_writes(session, before, written_ids + plan.gone)
+    new_ends, empty = _list_ends(written_ids, written, k)
+    reader.keep_list_ends(session, space, ends.written(new_ends, plan.gone + empty), after)
+    return len(rows) + len(redo)
+
+
+def _plan(vectors: VectorSet, ends: ListEnds, stale: set[str], repair: set[str]) -> _Plan:
+    ids = vectors.ids
+    stale_here = vectors.positions_found(stale)
+    gone = set(ends.elsewhere) | {ids[pos] for pos in stale_here[ends.listed[stale_here]]}
+    is_new = ~ends.listed
+    is_new[stale_here] = True
+    recompute = is_new.copy()
+    recompute[vectors.positions_found(repair)] = True
+    new = np.flatnonzero(is_new)
+    old = np.flatnonzero(~recompute)
+    touched = old[_may_enter(vectors.vectors, old, new, ends.floors[old])]
+    return _Plan(new, recompute, touched, sorted(gone))
+
+
+def _stack(first: Neighbours, second: Neighbours) -> Neighbours:
+    return Neighbours(
+        np.concatenate([first.positions, second.positions]),
+        np.concatenate([first.scores, second.scores]),
+    )
+
+
+def _list_ends(
+    product_ids: Sequence[str], lists: Neighbours, k: int
+) -> tuple[dict[str, float], list[str]]:
+    """The last scores of lists just written (-inf: shorter than k), and the products whose list
+    came out empty (no rows)."""
+    floors = lists.scores[:, k - 1].astype(np.float64)
+    empty = lists.positions[:, 0] == NO_NEIGHBOUR
+    kept = dict(zip(product_ids, floors.tolist(), strict=True))
+    gone = [pid for pid, none in zip(product_ids, empty.tolist(), strict=True) if none]
+    for pid in gone:
+        del kept[pid]
+    return kept, gone
+
+
+def _may_enter(
+    vectors: np.ndarray, old: np.ndarray, new: np.ndarray, floors: np.ndarray
+) -> np.ndarray:
+    """Which of the ``old`` lists (last scores ``floors``) some ``new`` vector may enter.
+
+    A float32 bound, never an exact test: a list it passes is read and merged exactly, and one
+    it rejects cannot change, since no newcomer comes within float32's error of its last entry.
+    """
+    if len(old) == 0 or len(new) == 0:
+        return np.zeros(len(old), dtype=bool)
+    best = np.full(len(vectors), -np.inf, dtype=np.float32)
+    x = np.asarray(vectors, dtype=np.float32)
+    candidates = x[new]
+    rows, cols = _ENTER_TILE
+    for r0 in range(0, len(x), rows):
+        block = x[r0 : r0 + rows]
+        for c0 in range(0, len(new), cols):
+            tile = block @ candidates[c0 : c0 + cols].T
+            np.maximum(best[r0 : r0 + rows], tile.max(axis=1), out=best[r0 : r0 + rows])
+    return np.asarray(best[old] >= floors - _ENTER_SLACK)
+
+
+def delete_products(
+    session: Session,
+    product_ids: Sequence[str],
+    space: Space,
+    reader: SpaceReader,
+    k: int,
+    block_size: int,
+) -> int:
+    """Delete products and repair every list that held one of them.
+
+    Returns:
+        The number of lists rewritten.
+    """
+    lock_neighbour_table(session)
+    affected = lists_mentioning(session, product_ids)
+    for chunk in in_chunks(list(product_ids)):
+        # Cascades remove their vectors, their lists and their places in other lists.
+        session.execute(delete(Product).where(Product.id.in_(chunk)))
+    session.flush()
+    return update_lists(session, space, reader, k, block_size, repair_ids=affected)

@@ -1,0 +1,169 @@
+"""Spaces: which vectors, under which projection, a job's neighbour lists are built in.
+
+A space is an embedding model's own vectors, or those vectors through a PCA-whitening projection
+fitted on this catalogue. It is resolved once per job (:func:`resolve_space`) and passed along
+as a :class:`Space`; its text form (``<embedding model id>|<projection tag>``), stored with every
+list, is built and parsed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import NotIndexed
+from core.models import ProjectionRecord
+from core.projection import Projection, fit_projection
+from core.settings import Settings
+from core.vectors import VectorSet, load_embeddings, project
+
+_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class Space:
+    """An embedding model id, and the tag of the stored projection applied to its vectors (None:
+    the vectors as they are)."""
+
+    embedding_model_id: str
+    projection_tag: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The text stored with each list: the model id, then ``|tag`` when projected."""
+        if self.projection_tag is None:
+            return self.embedding_model_id
+        return f"{self.embedding_model_id}{_SEPARATOR}{self.projection_tag}"
+
+    @classmethod
+    def parse(cls, space_id: str) -> Space:
+        embedding_model_id, _, tag = space_id.partition(_SEPARATOR)
+        return cls(embedding_model_id, tag or None)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class ProjectionSettings:
+    """The projection a catalogue's lists should use: ``dims`` 0 means none."""
+
+    dims: int
+    power: float = 1.0
+    whiten: float = 1.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> ProjectionSettings:
+        return cls(settings.pca_dims, settings.pca_power, settings.pca_whiten)
+
+
+def resolve_space(
+    session: Session,
+    embedding_model_id: str,
+    wanted: ProjectionSettings,
+    *,
+    refit: bool = False,
+    fit: bool = True,
+) -> Space:
+    """The space lists of ``embedding_model_id`` are built in under ``wanted``.
+
+    A projection is fitted once, when there is none yet and the catalogue has at least
+    ``2 * dims`` vectors (before that, lists use the embedding vectors as they are), and again
+    only when ``refit`` asks for it; adds therefore keep projecting with the same parameters.
+    ``fit=False`` (a search) uses what is stored and never fits.
+    """
+    if wanted.dims <= 0:
+        return Space(embedding_model_id)
+    tag = _stored_tag(session, embedding_model_id, wanted)
+    if tag is not None and not refit:
+        return Space(embedding_model_id, tag)
+    if not fit:
+        return Space(embedding_model_id)
+    vectors = load_embeddings(session, embedding_model_id)
+    if len(vectors.ids) < 2 * wanted.dims:
+        return Space(embedding_model_id, tag)
+    projection = fit_projection(vectors.vectors, wanted.dims, wanted.power, wanted.whiten)
+    _store_projection(session, embedding_model_id, wanted, projection, len(vectors.ids))
+    return Space(embedding_model_id, projection.tag)
+
+
+def _stored_tag(
+    session: Session, embedding_model_id: str, wanted: ProjectionSettings
+) -> str | None:
+    """The newest stored projection of this model with these parameters (its tag only: the
+    projection itself is read where vectors are projected)."""
+    return session.scalars(
+        select(ProjectionRecord.tag)
+        .where(
+            ProjectionRecord.embedding_model_id == embedding_model_id,
+            ProjectionRecord.dims == wanted.dims,
+            ProjectionRecord.power == wanted.power,
+            ProjectionRecord.whiten == wanted.whiten,
+        )
+        .order_by(ProjectionRecord.created_at.desc())
+        .limit(1)
+    ).first()
+
+
+def _store_projection(
+    session: Session,
+    embedding_model_id: str,
+    wanted: ProjectionSettings,
+    projection: Projection,
+    fitted_on: int,
+) -> None:
+    if session.get(ProjectionRecord, projection.tag) is not None:
+        return
+    session.add(
+        ProjectionRecord(
+            tag=projection.tag,
+            embedding_model_id=embedding_model_id,
+            dims=wanted.dims,
+            whiten=wanted.whiten,
+            power=wanted.power,
+            fitted_on=fitted_on,
+            data=projection.to_bytes(),
+        )
+    )
+    session.flush()
+
+
+def projection_of(session: Session, space: Space) -> Projection | None:
+    """The stored projection ``space`` applies, or None when it has none.
+
+    Raises:
+        NotIndexed: the space names a projection that is not stored.
+    """
+    if space.projection_tag is None:
+        return None
+    record = session.get(ProjectionRecord, space.projection_tag)
+    if record is None:
+        raise NotIndexed(
+            f"projection {space.projection_tag!r} is not stored: index again with --refit"
+        )
+    return _projection_from_bytes(record.data)
+
+
+@functools.lru_cache(maxsize=4)
+def _projection_from_bytes(data: bytes) -> Projection:
+    return Projection.from_bytes(data)
+
+
+def load_space_vectors(session: Session, space: Space) -> VectorSet:
+    """Every current vector of ``space``, read from SQL and projected (see
+    ``core.space_reader`` for the readers jobs use)."""
+    raw = load_embeddings(session, space.embedding_model_id)
+    projection = projection_of(session, space)
+    if projection is None or not raw.ids:
+        return raw
+    return VectorSet(raw.ids, project(projection, raw.vectors))
+
+
+def project_queries(session: Session, space: Space, vectors: np.ndarray) -> np.ndarray:
+    """Outside vectors (a search photo) into ``space``."""
+    projection = projection_of(session, space)
+    return vectors if projection is None else projection.apply(vectors)
