@@ -92,10 +92,17 @@ class Settings(BaseSettings):
     queue: str = Field(default="lookalike", description="Celery queue name.")
     task_time_limit: int = Field(default=1800, ge=10, description="Hard limit of one task, s.")
     visibility_timeout: int = Field(
-        default=3600,
+        default=60,
         ge=1,
-        description="Seconds before Redis hands an unacknowledged task (its worker was lost) "
-        "to another worker.",
+        description="Seconds after a worker's last sign of life before Redis hands its "
+        "unacknowledged tasks to another worker (live workers renew their tasks' leases every "
+        "quarter of it, so tasks may run longer).",
+    )
+    worker_start_timeout: float = Field(
+        default=120,
+        gt=0,
+        description="Seconds a new worker process may take to start (it loads the model) "
+        "before Celery gives up on it and kills it.",
     )
     media_dir: Path = Field(default=Path("media"), description="Where uploaded photos are kept.")
     api_token: str | None = Field(default=None, description="Bearer token for write endpoints.")

@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 
 from core.settings import Settings, get_settings
+from worker.leases import RenewLeases
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
@@ -18,11 +19,15 @@ def broker_url(settings: Settings) -> str:
 
 def _transport_options(visibility_timeout: int) -> dict[str, int]:
     # kombu sweeps for tasks of lost workers every interval * throttle seconds (100 s by
-    # default); keep the sweep well inside a short visibility timeout.
+    # default); keep the sweep well inside a short visibility timeout. A worker killed during
+    # a sweep leaves its mutex behind, blocking every sweep until it expires (300 s by
+    # default): keep that short too (a sweep takes milliseconds, and restoring a message
+    # twice is prevented by its own transaction).
     return {
         "visibility_timeout": visibility_timeout,
         "unacked_restore_interval": max(1, min(10, visibility_timeout // 4)),
         "unacked_restore_throttle": 1 if visibility_timeout < 300 else 10,
+        "unacked_mutex_expire": max(5, min(300, visibility_timeout // 3)),
     }
 
 
@@ -40,6 +45,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(settings.task_time_limit - 30, 1),
+        # A new pool process loads the model before it reports up; Celery's default (4 s) is
+        # shorter, so a replacement for a lost process was killed as hung, again and again.
+        "worker_proc_alive_timeout": settings.worker_start_timeout,
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
@@ -50,6 +58,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     """The Celery app. Without ``settings`` the configuration is read on first use, not at
     import."""
     app = Celery("lookalike", include=["worker.tasks"])
+    app.steps["consumer"].add(RenewLeases)
     if settings is None:
         app.add_defaults(lambda: celery_config(get_settings()))
     else:
