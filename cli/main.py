@@ -3,6 +3,7 @@ commands that are one call each (``index`` and ``evaluate`` have modules of thei
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -10,14 +11,15 @@ import sys
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cli.evaluate import evaluate
 from cli.index import index
 from cli.session import sessions
-from core.errors import LookalikeError
+from core.errors import JobNotFound, LookalikeError
 from core.jobs import recent_jobs
 from core.lookalikes import similar_products
-from core.models import ImageError
+from core.models import ImageError, Job
 from core.settings import Settings, get_settings
 from migrations import upgrade
 
@@ -86,13 +88,41 @@ def similar(settings: Settings, product_id: str, as_json: bool) -> None:
 @click.option("--limit", default=50, show_default=True)
 @click.pass_obj
 def errors(settings: Settings, job_id: str | None, limit: int) -> None:
-    """List photos that could not be indexed, and why."""
+    """List photos that could not be indexed, and why. JOB may be the short id `jobs` and
+    the jobs page show: any unambiguous start of it."""
     query = select(ImageError).order_by(ImageError.id.desc()).limit(limit)
-    if job_id:
-        query = query.where(ImageError.job_id == job_id)
     with sessions(settings) as session:
-        for error in session.scalars(query):
-            click.echo(f"{error.product_id}\t{error.path}\t{error.message}")
+        if job_id:
+            job_id = job_by_prefix(session, job_id)
+            query = query.where(ImageError.job_id == job_id)
+        found = list(session.scalars(query))
+    for error in found:
+        click.echo(f"{error.product_id}\t{error.path}\t{error.message}")
+    if not found:
+        where = f"job {job_id}" if job_id else "any job"
+        click.echo(f"no image errors recorded for {where}", err=True)
+
+
+def job_by_prefix(session: Session, prefix: str) -> str:
+    """The id of the one job whose id starts with ``prefix``.
+
+    Raises:
+        JobNotFound: no job's id starts so, or several do.
+    """
+    prefix = prefix.strip().lower()
+    found = (
+        []
+        if not prefix
+        else session.scalars(
+            select(Job.id).where(Job.id.startswith(prefix, autoescape=True)).limit(2)
+        ).all()
+    )
+    if len(found) != 1:
+        error = JobNotFound(prefix)
+        if found:
+            error.message = f"several jobs have ids starting with {prefix!r}: give more of it"
+        raise error
+    return found[0]
 
 
 @main.command()
@@ -158,15 +188,58 @@ def gunicorn_options(workers: int, threads: int, access_log: bool) -> list[str]:
     show_default=True,
     help="One line per request on stdout.",
 )
+@click.option(
+    "--open-writes",
+    is_flag=True,
+    help="Bind a non-loopback address without LOOKALIKE_API_TOKEN: anyone who can reach it "
+    "may add and delete products.",
+)
 @click.pass_obj
-def serve(settings: Settings, bind: str, workers: int, threads: int, access_log: bool) -> None:
-    """Serve the web app and API under gunicorn."""
+def serve(
+    settings: Settings, bind: str, workers: int, threads: int, access_log: bool, open_writes: bool
+) -> None:
+    """Serve the web app and API under gunicorn.
+
+    Beyond this machine (a --bind that is not loopback), the write endpoints need
+    LOOKALIKE_API_TOKEN; --open-writes serves them open anyway, with a warning.
+    """
+    if not settings.api_token and not is_loopback_bind(bind):
+        if not open_writes:
+            raise click.UsageError(
+                f"--bind {bind} is reachable from other machines and LOOKALIKE_API_TOKEN is "
+                "not set, so anyone could add or delete products: set the token, bind "
+                "127.0.0.1, or pass --open-writes to serve the write endpoints open anyway"
+            )
+        click.secho(
+            f"WARNING: serving {bind} with open write endpoints (no LOOKALIKE_API_TOKEN): "
+            "anyone who can reach it may add and delete products",
+            err=True,
+            fg="red",
+            bold=True,
+        )
     upgrade(settings.database_url)
     options = gunicorn_options(workers, threads, access_log)
     os.execvp(
         sys.executable,
         [sys.executable, "-m", "gunicorn", *options, "--bind", bind, "web:create_app()"],
     )
+
+
+def is_loopback_bind(bind: str) -> bool:
+    """Whether a gunicorn ``--bind`` (``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``) is reachable
+    from this machine only. A host name other than localhost counts as reachable."""
+    if bind.startswith(("unix:", "fd://")):
+        return True
+    if bind.startswith("["):
+        host = bind[1:].partition("]")[0]
+    else:
+        host = bind.rpartition(":")[0] if ":" in bind else bind
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @main.group()

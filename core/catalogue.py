@@ -6,6 +6,10 @@ Kaggle layout::
     <root>/styles.csv        id,gender,...,productDisplayName
 
 Plain layout: any folder of images, searched recursively; the id is the file stem.
+
+Ids and metadata pass the checks of ``core.metadata``, as they do over the API: a file whose
+stem is not a usable id is reported and skipped, a row whose metadata cannot be stored is
+reported and its photo indexed without metadata.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import CatalogueError
+from core.errors import CatalogueError, InvalidMetadata, InvalidProductId
+from core.metadata import validate_metadata, validate_product_id
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -45,6 +50,7 @@ class Catalogue:
     images_without_row: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
     bad_rows: list[str] = field(default_factory=list)
+    invalid_ids: list[str] = field(default_factory=list)
 
     def problems(self) -> Iterator[str]:
         """One human sentence per kind of mismatch, for reports."""
@@ -57,7 +63,13 @@ class Catalogue:
         if self.duplicate_ids:
             yield _summary("ids appear more than once (first file kept)", self.duplicate_ids)
         if self.bad_rows:
-            yield _summary("styles.csv rows could not be read", self.bad_rows)
+            yield _summary("styles.csv lines could not be used", self.bad_rows)
+        if self.invalid_ids:
+            yield _summary(
+                "file names are not usable product ids (skipped; "
+                "use letters, digits, '.', '_' or '-')",
+                self.invalid_ids,
+            )
 
 
 def _summary(what: str, ids: list[str], shown: int = 5) -> str:
@@ -72,7 +84,9 @@ def read_styles(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     commas; the extra fields of such a row are joined back into that column.
 
     Returns:
-        The rows by id, and descriptions of rows that could not be used.
+        The rows by id, and descriptions of rows that could not be used: a row whose id is
+        not a usable product id is left out, a row whose metadata cannot be stored is kept
+        with none, and a column whose name cannot be a metadata key is ignored.
     """
     rows: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
@@ -86,6 +100,7 @@ def read_styles(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
             raise CatalogueError(f"{path} has no 'id' column (header: {header})")
         id_column = header.index("id")
         width = len(header)
+        columns = [name != "id" and _usable_column(name, bad) for name in header]
         for line_no, fields in enumerate(reader, start=2):
             if not any(value.strip() for value in fields):
                 continue
@@ -98,12 +113,34 @@ def read_styles(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
             if not product_id:
                 bad.append(f"line {line_no} (empty id)")
                 continue
-            rows[product_id] = {
+            try:
+                validate_product_id(product_id)
+            except InvalidProductId as exc:
+                bad.append(f"line {line_no} ({exc.message})")
+                continue
+            meta = {
                 name: (value.strip() or None)
-                for name, value in zip(header, fields, strict=True)
-                if name != "id"
+                for name, value, used in zip(header, fields, columns, strict=True)
+                if used
             }
+            try:
+                rows[product_id] = validate_metadata(meta)
+            except InvalidMetadata as exc:
+                bad.append(
+                    f"line {line_no} (id {product_id}: {exc.message}; kept without metadata)"
+                )
+                rows[product_id] = {}
     return rows, bad
+
+
+def _usable_column(name: str, bad: list[str]) -> bool:
+    """Whether a header name can be a metadata key; if not, why is added to ``bad``."""
+    try:
+        validate_metadata({name: None})
+    except InvalidMetadata as exc:
+        bad.append(f"line 1 (column {name[:40]!r} ignored: {exc.message})")
+        return False
+    return True
 
 
 def _image_files(folder: Path, recursive: bool) -> list[Path]:
@@ -144,6 +181,12 @@ def read_catalogue(root: str | Path) -> Catalogue:
     seen: set[str] = set()
     for path in files:
         product_id = path.stem
+        try:
+            validate_product_id(product_id)
+        except InvalidProductId:
+            shown = product_id if len(product_id) <= 40 else f"{product_id[:40]}..."
+            catalogue.invalid_ids.append(repr(shown))
+            continue
         if product_id in seen:
             catalogue.duplicate_ids.append(product_id)
             continue

@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, Text, case, cast, func, null, select, true
 from sqlalchemy.orm import Session
 
+from core.errors import InvalidRequest
 from core.jobs import JobState, recent_jobs, state_of
 from core.models import ImageError, Job, Product
 
@@ -46,10 +47,61 @@ class ProductPage:
         return max(1, -(-self.total // self.per_page))
 
 
+# Metadata whose JSON text holds an escaped NUL: PostgreSQL fails a whole query that extracts
+# anything from such a row ("\\u0000 cannot be converted to text"). core.metadata refuses NUL
+# wherever metadata enters; this keeps a row stored before that out of filters and menus
+# instead of failing every page. (CASE is evaluated lazily, so ->> never sees such a row.)
+_READABLE = ~cast(Product.meta, Text).contains("\\u0000", autoescape=True)
+
+
+def _field(name: str) -> ColumnElement[str | None]:
+    """The text of a top-level metadata field, NULL where it is missing or unreadable."""
+    return case((_READABLE, Product.meta[name].as_string()), else_=null())
+
+
 def _filtered(query: Select[tuple[Product]], filters: Mapping[str, str]) -> Select[tuple[Product]]:
     for name, value in filters.items():
-        query = query.where(Product.meta[name].as_string() == value)
+        query = query.where(_field(name) == value)
     return query
+
+
+def metadata_keys(session: Session) -> list[str]:
+    """Every top-level metadata key some product has, sorted (one scan of the catalogue)."""
+    query: Select[tuple[str]]
+    if session.get_bind().dialect.name == "postgresql":
+        query = select(func.json_object_keys(Product.meta)).where(
+            _READABLE, func.json_typeof(Product.meta) == "object"
+        )
+    else:
+        each = func.json_each(Product.meta).table_valued("key")
+        query = select(each.c.key).select_from(Product).join(each, true()).where(_READABLE)
+    return sorted(str(key) for key in session.scalars(query.distinct()))
+
+
+def check_filters(session: Session, filters: Mapping[str, str]) -> None:
+    """Refuse filters that can match nothing for a reason the caller should hear about.
+
+    A filter is a top-level metadata key: one of ``FILTER_FIELDS`` (whether or not the
+    catalogue has it yet), or any key some product has. Values are compared as text.
+
+    Raises:
+        InvalidRequest: an unknown key (the message lists the filterable ones), or a value
+            with a NUL character, which no metadata can hold.
+    """
+    for name, value in filters.items():
+        if "\x00" in value:
+            raise InvalidRequest(f"filter {name[:40]!r} has a NUL character in its value")
+    unknown = [name for name in filters if name not in FILTER_FIELDS]
+    if not unknown:
+        return
+    known = set(metadata_keys(session))
+    unknown = [name for name in unknown if name not in known]
+    if unknown:
+        keys = ", ".join(sorted(known.union(FILTER_FIELDS)))
+        raise InvalidRequest(
+            f"unknown filter {unknown[0][:40]!r}: filter by a metadata key the catalogue has "
+            f"({keys}), or page, per_page"
+        )
 
 
 def catalogue_filters(
@@ -62,7 +114,7 @@ def catalogue_filters(
     """
     found = []
     for name in fields:
-        value = Product.meta[name].as_string()
+        value = _field(name)
         rows = session.execute(
             select(value, func.count())
             .where(value.is_not(None), value != "")

@@ -111,9 +111,29 @@ class InvalidRequest(LookalikeError):
     code = "bad_request"
 
 
+class InvalidMetadata(InvalidRequest):
+    """Product metadata that cannot be stored and read back everywhere (``core.metadata``);
+    the API answers it as any other bad request (``bad_request``), as it did for bad JSON."""
+
+
 class Unauthorized(LookalikeError):
     status = 401
     code = "unauthorized"
+
+
+class CrossSiteRequest(LookalikeError):
+    """A write to the API sent by a browser from another site's page (no token is set, so the
+    request's origin is all that tells the service's own pages from someone else's)."""
+
+    status = 403
+    code = "cross_site_request"
+
+
+class DatabaseUnavailable(LookalikeError):
+    """The database cannot be reached, or does not exist."""
+
+    status = 503
+    code = "database_unavailable"
 
 
 class InvalidSetting(LookalikeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,10 +45,29 @@ def check_image(source: ImageSource, max_pixels: int) -> tuple[str, int, int]:
     Raises:
         InvalidImage: not an image Pillow knows, or larger than ``max_pixels``.
     """
-    with _pillow_errors(), _open(source) as img:
+    with _pillow_errors(max_pixels), _open(source) as img:
         width, height = img.size
         fmt = img.format or "unknown"
     _check_pixels(width, height, max_pixels)
+    return fmt, width, height
+
+
+def verify_image(source: ImageSource, max_pixels: int) -> tuple[str, int, int]:
+    """Decode an image whole (its first frame), after checking its size from the header, so
+    a decompression bomb is refused before any pixel is decoded.
+
+    Returns:
+        The format name, width and height.
+
+    Raises:
+        InvalidImage: not an image Pillow knows, larger than ``max_pixels``, truncated or
+            corrupt anywhere in its pixel data.
+    """
+    with _pillow_errors(max_pixels), _open(source) as img:
+        width, height = img.size
+        fmt = img.format or "unknown"
+        _check_pixels(width, height, max_pixels)
+        img.load()
     return fmt, width, height
 
 
@@ -95,7 +115,7 @@ def load_rgb(
     Raises:
         InvalidImage: empty, not an image, truncated, corrupt, or over ``max_pixels``.
     """
-    with _pillow_errors():
+    with _pillow_errors(max_pixels):
         img = _open(source)
         _check_pixels(img.width, img.height, max_pixels)
         if at_least is not None and img.format == "JPEG":
@@ -105,7 +125,7 @@ def load_rgb(
 
 
 @contextmanager
-def _pillow_errors() -> Iterator[None]:
+def _pillow_errors(max_pixels: int) -> Iterator[None]:
     """Pillow's many exceptions, as one InvalidImage with a message a person understands."""
     try:
         # Pillow's bomb warning uses a process-wide limit; ours is per call and always raises.
@@ -115,7 +135,14 @@ def _pillow_errors() -> Iterator[None]:
     except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
-        raise InvalidImage(f"image too large (possible decompression bomb): {exc}") from None
+        # Pillow's own ceiling (twice Image.MAX_IMAGE_PIXELS) stops a bomb before our check
+        # does: quote the configured limit, or Pillow's where that is lower.
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(size[1]):,} pixels" if size else "too many pixels"
+        raise InvalidImage(
+            f"image is {pixels}, over the limit of {limit:,} (possible decompression bomb)"
+        ) from None
     except UnidentifiedImageError:
         raise InvalidImage("not an image Pillow can identify") from None
     except OSError as exc:

@@ -32,6 +32,7 @@ from core.jobs import (
     start_job,
     state_of,
 )
+from core.media import job_photos, remove_unreferenced
 from core.models import Job, JobChunk, Product
 from core.neighbour_table import lock_neighbour_table
 from core.neighbour_updates import delete_products, rebuild_lists, update_lists
@@ -39,6 +40,7 @@ from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
 from core.products import ProductSync, embed_pending, pending_products
 from core.spaces import ProjectionSettings, Space, project_queries, resolve_space
+from core.uploads import take_back
 
 log = logging.getLogger(__name__)
 Commits = Iterator[None]
@@ -215,9 +217,19 @@ def _index_summary(
 
 
 def add_products(context: Context, session: Session, job_id: str) -> Commits:
-    """Embed an add job's products, give them their lists and update every list they enter."""
+    """Embed an add job's products, give them their lists and update every list they enter.
+
+    A photo that still cannot be indexed (it passed the check on arrival) is recorded against
+    the job and taken back: the product it created is deleted, a product whose photo it replaced
+    gets its former photo back. The job fails when none of its photos could be indexed. Once
+    that has committed, the photos nothing refers to any more (failed ones, replaced ones) are
+    removed from the media folder.
+    """
     s = context.settings
     job = get_job(session, job_id)
+    if state_of(job).finished:  # redelivered after it finished: only the cleaning may be left
+        remove_unreferenced(session, s.media_dir, job_photos(job.params))
+        return
     ids: list[str] = list(job.params.get("product_ids", []))
     pending = pending_products(session, context.encoder.model_id, ids)
     start_job(job, total=len(ids))
@@ -230,42 +242,72 @@ def add_products(context: Context, session: Session, job_id: str) -> Commits:
         yield
     started = time.perf_counter()
     lock_neighbour_table(session)
+    # Still without a vector of the photo this job registered (not of one another request put
+    # there since): it could not be indexed.
+    photos = job.params.get("photos") or {}
+    failed = [
+        pid
+        for pid, path in pending_products(session, context.encoder.model_id, ids)
+        if pid not in photos or photos[pid]["image_path"] == path
+    ]
+    taken = take_back(session, job.params, failed, metadata=False)
     space = _space(context, session)
     stale = job.params.get("replaced", [])
     written = update_lists(
         session, space, context.spaces, s.neighbours, s.block_size, stale_ids=stale
     )
-    failed = len(pending_products(session, context.encoder.model_id, ids))
-    finish_job(job, result={"model_id": space.id, "lists_written": written, "failed": failed})
+    result = {
+        "model_id": space.id,
+        "lists_written": written,
+        "failed": len(failed),
+        "failed_ids": failed,
+        "removed": taken.removed,
+        "restored": taken.restored,
+    }
+    error = None
+    if ids and len(failed) == len(ids):
+        error = f"none of the {len(ids)} photos could be indexed (see the job's errors)"
+    finish_job(job, error=error, result=result)
     log.info(
         "add done job=%s products=%d failed=%d lists_written=%d seconds=%.1f",
         job_id,
         job.total,
-        failed,
+        len(failed),
         written,
         time.perf_counter() - started,
     )
+    yield  # the products taken back and the job's end are committed before files go
+    remove_unreferenced(session, s.media_dir, job_photos(job.params))
 
 
-def delete_job_products(context: Context, session: Session, job_id: str) -> None:
-    """Delete a job's products and repair every list that held them."""
+def delete_job_products(context: Context, session: Session, job_id: str) -> Commits:
+    """Delete a job's products and repair every list that held them; once that has
+    committed, remove their photos from the media folder where nothing else uses them."""
     s = context.settings
     job = get_job(session, job_id)
     ids: list[str] = list(job.params.get("product_ids", []))
     start_job(job, total=len(ids))
     lock_neighbour_table(session)
+    photos = set(session.scalars(select(Product.image_path).where(Product.id.in_(ids))))
     space = _space(context, session)
     written = delete_products(session, ids, space, context.spaces, s.neighbours, s.block_size)
     job.done = len(ids)
     finish_job(job, result={"deleted": ids, "lists_written": written})
     log.info("delete done job=%s products=%d lists_written=%d", job_id, len(ids), written)
+    yield
+    remove_unreferenced(session, s.media_dir, photos)
 
 
-def search_photo(context: Context, session: Session, job_id: str) -> None:
-    """Embed a search job's photo and find its top-k in the catalogue, without adding it."""
+def search_photo(context: Context, session: Session, job_id: str) -> Commits:
+    """Embed a search job's photo and find its top-k in the catalogue, without adding it; once
+    the job's end has committed, the photo is removed (unless a product uses the same file)."""
     job = get_job(session, job_id)
-    start_job(job, total=1)
+    media_dir = context.settings.media_dir
     path = str(job.params["image_path"])
+    if state_of(job).finished:  # redelivered after it finished: only the cleaning may be left
+        remove_unreferenced(session, media_dir, [path])
+        return
+    start_job(job, total=1)
     started = time.perf_counter()
     encoder = context.encoder
     try:
@@ -274,15 +316,20 @@ def search_photo(context: Context, session: Session, job_id: str) -> None:
         name = str(job.params.get("filename", path))
         record_failures(session, job_id, [ImageFailure("", name, exc.message)])
         finish_job(job, error=f"{name}: {exc.message}")
-        return
-    # The space the stored lists live in; a search never fits a projection.
-    space = _space(context, session, fit=False)
-    hits = _nearest_products(context, session, space, project_queries(session, space, query))
-    job.done = 1
-    finish_job(job, result={"model_id": space.id, "neighbours": hits})
-    log.info(
-        "search done job=%s hits=%d seconds=%.2f", job_id, len(hits), time.perf_counter() - started
-    )
+    else:
+        # The space the stored lists live in; a search never fits a projection.
+        space = _space(context, session, fit=False)
+        hits = _nearest_products(context, session, space, project_queries(session, space, query))
+        job.done = 1
+        finish_job(job, result={"model_id": space.id, "neighbours": hits})
+        log.info(
+            "search done job=%s hits=%d seconds=%.2f",
+            job_id,
+            len(hits),
+            time.perf_counter() - started,
+        )
+    yield
+    remove_unreferenced(session, media_dir, [path])
 
 
 def _nearest_products(

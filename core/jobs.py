@@ -81,8 +81,9 @@ class JobQueue(Protocol):
         then hand ``calls`` over.
 
         Raises:
-            QueueUnavailable: they could not be handed over; the job is marked failed (and
-                that committed), nothing else is undone.
+            QueueUnavailable: they could not be handed over; the job is withdrawn
+                (``core.submissions.withdraw``: marked failed, what its request registered
+                taken back) and that committed.
         """
         ...
 

@@ -15,9 +15,10 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from core.errors import InvalidSetting, WeightsUnavailable
 from core.pooling import pooling_function
@@ -29,6 +30,8 @@ WeightsKind = Literal["imagenet", "file", "bundled"]
 TOP_LAYERS = ("fc1", "fc2")
 IMAGENET_TOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 IMAGENET_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# Where a .keras model archive keeps its weights.
+KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"
 # Without top weights: the best measured recipe on the bundled weights (QUALITY.md).
 DEFAULT_CONV_LAYERS = ("block4_conv3", "block5_conv3")
 # Keras' VGG16 top (fc1, fc2) is built for 224-pixel inputs only.
@@ -120,19 +123,62 @@ def file_digest(path: Path) -> str:
     return _file_digest(str(path), stat.st_size, stat.st_mtime)
 
 
-def _h5_has_layer(path: Path, name: str) -> bool:
-    """Whether an HDF5 weights file holds a group or dataset for the layer ``name``."""
+def _h5_keys(handle: Any) -> list[str]:
+    keys: list[str] = []
+    handle.visit(keys.append)
+    return keys
+
+
+def _weights_keys(path: Path) -> list[str]:
+    """The group and dataset paths inside a weights file: HDF5 (``.h5``, ``.weights.h5``), or
+    the HDF5 inside a ``.keras`` archive.
+
+    Raises:
+        WeightsUnavailable: the file is neither.
+    """
     import h5py
 
-    found = False
+    if zipfile.is_zipfile(path):
+        try:
+            with (
+                zipfile.ZipFile(path) as archive,
+                archive.open(KERAS_ARCHIVE_WEIGHTS) as inner,
+                h5py.File(inner, "r") as handle,
+            ):
+                return _h5_keys(handle)
+        except (KeyError, OSError, zipfile.BadZipFile) as exc:
+            raise WeightsUnavailable(
+                f"{path} is a zip file but not a Keras model (.keras) with weights: {exc}"
+            ) from None
+    if not h5py.is_hdf5(path):
+        raise WeightsUnavailable(
+            f"{path} is not a Keras weights file: expected HDF5 (.h5, .weights.h5) or a "
+            ".keras model"
+        )
+    try:
+        with h5py.File(path, "r") as handle:
+            return _h5_keys(handle)
+    except OSError as exc:
+        raise WeightsUnavailable(f"cannot read the weights file {path}: {exc}") from None
 
-    def visit(key: str) -> None:
-        nonlocal found
-        found = found or key.split("/")[-1] == name or f"/{name}/" in f"/{key}/"
 
-    with h5py.File(path, "r") as handle:
-        handle.visit(visit)
-    return found
+def weights_have_top(path: Path) -> bool:
+    """Whether a VGG16 weights file holds the fully connected top (fc1, fc2).
+
+    Keras 2 files (ImageNet's among them) name groups after the layers: ``fc2``. Keras 3's
+    ``save_weights`` and ``.keras`` files name them after the layer's class, numbered in the
+    model's order: VGG16's second Dense layer, fc2, is ``layers/dense_1``.
+
+    Raises:
+        WeightsUnavailable: not a weights file Keras can read.
+    """
+    for key in _weights_keys(path):
+        parts = key.split("/")
+        if "fc2" in parts:
+            return True
+        if parts[-3:] == ["dense_1", "vars", "0"] and parts[-4:-3] == ["layers"]:
+            return True
+    return False
 
 
 def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -181,7 +227,7 @@ def choose_weights(settings: Settings) -> WeightsChoice:
         "file",
         f"file-{file_digest(weights_file)}",
         str(weights_file.resolve()),
-        has_top=_h5_has_layer(weights_file, "fc2"),
+        has_top=weights_have_top(weights_file),
     )
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import OperationalError
+
+from core.errors import DatabaseUnavailable
 
 
 def alembic_config(url: str) -> Any:
@@ -23,10 +26,19 @@ def alembic_config(url: str) -> Any:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (creating a SQLite file if needed)."""
+    """Bring the database at ``url`` to ``revision`` (creating a SQLite file if needed).
+
+    Raises:
+        DatabaseUnavailable: the server cannot be reached, or the database does not exist.
+    """
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except OperationalError as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+        raise DatabaseUnavailable(f"cannot open the database {shown}: {reason}") from None
 
 
 def current_revision(engine: Engine) -> str | None:

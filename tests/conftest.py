@@ -222,10 +222,34 @@ class Workers:
                 process.wait()
 
 
+def remove_queue_keys(queue: str, url: str = REDIS_URL) -> list[str]:
+    """Delete what a test's queue left in Redis: the queue's list (undelivered messages), its
+    kombu bindings, and its unacknowledged messages in the shared ``unacked`` hash. Returns
+    the keys that still name the queue afterwards (none, unless something else wrote them)."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        for tag, raw in client.hscan_iter("unacked"):
+            _message, exchange, routing_key = json.loads(raw)
+            if queue in (exchange, routing_key):
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
+        client.zrem("_kombu.binding_deadlines", queue)
+        keys = list(client.scan_iter(match=f"*{queue}*"))
+        if keys:
+            client.delete(*keys)
+        return [key.decode() for key in client.scan_iter(match=f"*{queue}*")]
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def service_env(fresh_pg_url: str, tmp_path: Path) -> dict[str, str]:
+def service_env(fresh_pg_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Settings shared by the web app, the workers and the CLI of one test: its own database,
-    its own queue, its own media folder."""
+    its own queue, its own media folder; afterwards, nothing of its queue left in Redis."""
     upgrade(fresh_pg_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     env.update(
@@ -237,7 +261,10 @@ def service_env(fresh_pg_url: str, tmp_path: Path) -> dict[str, str]:
         LOOKALIKE_WEIGHTS="bundled",
         LOOKALIKE_BATCH_SIZE="4",
     )
-    return env
+    yield env
+    # The workers and the app (fixtures that use this one) have stopped by now.
+    left = remove_queue_keys(env["LOOKALIKE_QUEUE"])
+    assert not left, f"Redis keys of this test's queue survived its teardown: {left}"
 
 
 @pytest.fixture

@@ -273,7 +273,7 @@ def test_a_shopper_browses_walks_by_similarity_and_searches_by_photo(
     assert len(lookalikes) == 10
     found = scores(driver)
     assert found == sorted(found, reverse=True) and all(0 < s <= 1 for s in found)
-    bars = driver.find_elements(By.CSS_SELECTOR, "main .bar > span")
+    bars = driver.find_elements(By.CSS_SELECTOR, "main .bar > rect")
     assert len(bars) == 10 and all(b.size["width"] > 0 for b in bars)
     check_photos(driver)
     assert_readable(driver)
@@ -353,17 +353,16 @@ def test_a_merchandiser_adds_photos_and_watches_the_job(
     shots: Path,
     tmp_path: Path,
 ) -> None:
-    workers.start(1)
+    workers.start(1, LOOKALIKE_MAX_IMAGE_PIXELS="200000")
     driver = browser
     driver.get(live_server + "/")
     assert "The catalogue is empty" in driver.find_element(By.TAG_NAME, "main").text
 
-    # Three photos, one with its own id and name, a truncated JPEG (fails in the worker) and
-    # a text file (refused on arrival).
+    # Three photos, one with its own id and name, a whole photo over the worker's pixel limit
+    # (passes the check on arrival, fails in the worker) and a text file (refused on arrival).
     good = photos(fashion_dev, [TSHIRTS[1], TSHIRTS[2], SHOES[1]])
-    whole = (fashion_dev / "images" / f"{SHOES[2]}.jpg").read_bytes()
-    truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(whole[: len(whole) // 2])
+    truncated = tmp_path / "oversized.jpg"
+    Image.open(fashion_dev / "images" / f"{SHOES[2]}.jpg").resize((480, 640)).save(truncated)
     notes = tmp_path / "notes.txt"
     notes.write_text("not a photo\n")
     files = [*good, truncated, notes]
@@ -384,7 +383,7 @@ def test_a_merchandiser_adds_photos_and_watches_the_job(
     assert progress.get_attribute("value") == progress.get_attribute("max") == "4"
     text = card.text
     assert "notes.txt" in text and "not an image" in text  # refused on arrival
-    assert "truncated" in text  # failed in the worker
+    assert "oversized" in text  # failed in the worker
     links = [a.text for a in card.find_elements(By.CSS_SELECTOR, "p a")][1:]
     assert links == ["white-tee", TSHIRTS[2], SHOES[1]]
     assert_readable(driver)
@@ -396,7 +395,7 @@ def test_a_merchandiser_adds_photos_and_watches_the_job(
     assert row.get_attribute("data-state") == "succeeded"
     assert row.find_element(By.CLASS_NAME, "duration").text.endswith(" s")
     errors = row.find_element(By.CLASS_NAME, "errors").text
-    assert "1 photo failed" in errors and "truncated" in errors
+    assert "1 photo failed" in errors and "oversized" in errors
     assert_readable(driver)
     screenshot(driver, shots, "jobs")
 

@@ -210,7 +210,7 @@ def test_product_page_shows_lookalikes_with_scores(pages: FlaskClient, catalogue
     lookalikes = html.split('aria-label="Lookalikes"', 1)[1]
     hrefs = re.findall(r'<a href="/products/([^"]+)"', lookalikes)
     scores = [float(s) for s in re.findall(r'class="score-value">(-?[\d.]+)<', lookalikes)]
-    widths = [float(w) for w in re.findall(r'style="width: ([\d.]+)%"', lookalikes)]
+    widths = [float(w) for w in re.findall(r'<rect width="([\d.]+)%"', lookalikes)]
     assert len(hrefs) == len(scores) == len(widths) == 10
     assert product_id not in hrefs and len(set(hrefs)) == 10
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)

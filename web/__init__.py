@@ -47,9 +47,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if session is not None:
             session.close()
 
-    from web import api, errors, pages
+    from web import api, errors, headers, pages
 
     errors.register(app)
+    headers.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     return app

@@ -4,25 +4,36 @@ service functions (``core.submissions``) record jobs and hand them to the queue.
 from __future__ import annotations
 
 import hmac
-import json
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.catalogue_queries import browse_products
+from core.catalogue_queries import browse_products, check_filters
 from core.context import Context
-from core.errors import InvalidRequest, ProductNotFound, Unauthorized
+from core.errors import (
+    CrossSiteRequest,
+    InvalidRequest,
+    JobNotFound,
+    ProductNotFound,
+    Unauthorized,
+)
 from core.jobs import get_job, job_errors, state_of
 from core.lookalikes import ProductSummary
+from core.metadata import parse_metadata
 from core.models import ImageError, Job, Product
 from core.settings import Settings
 from core.submissions import submit_add_products, submit_delete, submit_search
 from core.uploads import Upload
+from web.headers import stored_image_type
+from web.openapi import openapi_document
 
 bp = Blueprint("api", __name__)
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
 
 
 def settings() -> Settings:
@@ -39,13 +50,48 @@ def db() -> Session:
     return g.db_session  # type: ignore[no-any-return]
 
 
+@bp.url_value_preprocessor
+def refuse_nul_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """No id holds a NUL character (and PostgreSQL refuses one in a parameter): not found."""
+    for name, value in (values or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise JobNotFound(value) if name == "job_id" else ProductNotFound(value)
+
+
+WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+
+
 @bp.before_request
 def require_token() -> None:
+    """Writes need the API token when one is set; without one, they must at least not come
+    from another site's page in a browser (a cross-site form or fetch could otherwise delete
+    the catalogue)."""
+    if request.method not in WRITE_METHODS:
+        return
     token = settings().api_token
-    if token and request.method in ("POST", "PUT", "PATCH", "DELETE"):
+    if token:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
+    elif not same_origin():
+        raise CrossSiteRequest(
+            "writes are refused from other sites' pages; set LOOKALIKE_API_TOKEN to let "
+            "other origins write with 'Authorization: Bearer <token>'"
+        )
+
+
+def same_origin() -> bool:
+    """Whether a request comes from this service's own pages, or from no page at all (curl,
+    scripts: they send neither header). Browsers say where a request comes from in
+    ``Sec-Fetch-Site``; older ones only in ``Origin``, compared with the address asked for."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == request.host
 
 
 def accepted(job: Job, **extra: Any) -> Any:
@@ -72,9 +118,11 @@ def image_urls() -> Callable[[str], str]:
 def product_json(
     product: Product | ProductSummary, image_url: Callable[[str], str] | None = None
 ) -> dict[str, Any]:
+    # The service's fields last, so that no metadata key can stand in for them (keys are
+    # written sorted, so the order here does not show in the response).
     return {
-        "id": product.id,
         **(product.meta or {}),
+        "id": product.id,
         "image_url": (image_url or image_urls())(product.id),
     }
 
@@ -89,15 +137,7 @@ def _form_list(name: str, count: int) -> list[str | None]:
 
 
 def _metadata(raw: str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"metadata is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise InvalidRequest("metadata must be a JSON object")
-    return meta
+    return None if raw is None else parse_metadata(raw)
 
 
 @bp.post("/api/products")
@@ -161,7 +201,7 @@ def similar(product_id: str) -> Any:
         {
             "product": product_json(found.product, image_url),
             "neighbours": [
-                {"rank": n.rank, "score": round(n.score, 6), **product_json(n.product, image_url)}
+                {**product_json(n.product, image_url), "rank": n.rank, "score": round(n.score, 6)}
                 for n in found.neighbours
             ],
         }
@@ -170,7 +210,8 @@ def similar(product_id: str) -> Any:
 
 def _positive_int(name: str, default: int, most: int) -> int:
     raw = request.args.get(name, str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not _WHOLE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= most:
         raise InvalidRequest(f"{name} must be a whole number from 1 to {most}")
     return int(raw)
 
@@ -180,6 +221,7 @@ def list_products() -> Any:
     page = _positive_int("page", 1, 10**9)
     per_page = _positive_int("per_page", 50, 500)
     filters = {k: v for k, v in request.args.items() if k not in ("page", "per_page")}
+    check_filters(db(), filters)
     found = browse_products(db(), filters, page, per_page)
     image_url = image_urls()
     return jsonify(
@@ -212,7 +254,13 @@ def delete_product(product_id: str) -> Any:
 @bp.get("/images/<product_id>")
 def product_image(product_id: str) -> Any:
     product = _product(product_id)
-    return send_file(product.image_path, max_age=3600)
+    mimetype = stored_image_type(product.image_path)
+    return send_file(product.image_path, mimetype=mimetype, max_age=3600)
+
+
+@bp.get("/api/openapi.json")
+def openapi() -> Any:
+    return jsonify(openapi_document(request.script_root))
 
 
 @bp.get("/healthz")

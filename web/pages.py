@@ -18,6 +18,7 @@ from core.catalogue_queries import (
     catalogue_filters,
     jobs_with_errors,
 )
+from core.errors import ProductNotFound
 from core.lookalikes import product_with_lookalikes
 from web.api import db, settings
 
@@ -36,7 +37,18 @@ def _whole_number(name: str, default: int, most: int) -> int:
     """A positive whole number from the query string, at most ``most``. Anything else falls
     back to ``default``: a reader following a mangled link should still see a page."""
     raw = request.args.get(name, "")
-    return min(int(raw), most) if raw.isdigit() and int(raw) >= 1 else default
+    # ASCII digits, and not too many: str.isdigit() also takes '²', which int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or int(raw) < 1:
+        return default
+    return min(int(raw), most)
+
+
+@bp.url_value_preprocessor
+def refuse_nul_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """No product id holds a NUL character (PostgreSQL refuses one): the not-found page."""
+    product_id = (values or {}).get("product_id")
+    if isinstance(product_id, str) and "\x00" in product_id:
+        raise ProductNotFound(product_id)
 
 
 @bp.app_template_filter("seconds")
@@ -57,7 +69,12 @@ def score_percent(score: float) -> float:
 
 @bp.get("/")
 def catalogue() -> str:
-    filters = {name: request.args[name] for name in FILTER_FIELDS if request.args.get(name)}
+    # A value no metadata can hold (a NUL character) is dropped like an empty one.
+    filters = {
+        name: value
+        for name in FILTER_FIELDS
+        if (value := request.args.get(name, "")) and "\x00" not in value
+    }
     per_page = _whole_number("per_page", PER_PAGE, MOST_PER_PAGE)
     session = db()
     listing = browse_products(session, filters, _whole_number("page", 1, 10**9), per_page)

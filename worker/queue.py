@@ -9,8 +9,9 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from core.errors import QueueUnavailable
-from core.jobs import StepCall, finish_job
+from core.jobs import StepCall
 from core.models import Job
+from core.submissions import withdraw
 
 
 class CeleryQueue:
@@ -23,7 +24,8 @@ class CeleryQueue:
             for call in calls:
                 self.send(call)
         except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
-            finish_job(job, error=f"could not enqueue: {exc}")
+            # Nothing half-stored: the job is failed and what its request registered undone.
+            withdraw(session, job, f"could not enqueue: {exc}")
             session.commit()
             raise QueueUnavailable(f"job {job.id} could not be queued: {exc}") from exc
 

@@ -169,7 +169,7 @@ function renderMatches(list, neighbours, form) {
       card.querySelector(".rank").textContent = `#${match.rank}`;
       card.querySelector(".score-value").textContent = match.score.toFixed(4);
       const width = Math.max(0, Math.min(1, match.score)) * 100;
-      card.querySelector(".bar > span").style.width = `${width.toFixed(1)}%`;
+      card.querySelector(".bar > rect").setAttribute("width", `${width.toFixed(1)}%`);
       return card;
     }),
   );
