@@ -70,9 +70,9 @@ def similar(settings: Settings, product_id: str, as_json: bool) -> None:
         product, neighbours = similar_products(session, product_id)
     if as_json:
         body = {
-            "product": {"id": product.id, **(product.meta or {})},
+            "product": {**(product.meta or {}), "id": product.id},
             "neighbours": [
-                {"rank": n.rank, "id": n.product.id, "score": round(n.score, 6), **n.product.meta}
+                {**n.product.meta, "rank": n.rank, "id": n.product.id, "score": round(n.score, 6)}
                 for n in neighbours
             ],
         }

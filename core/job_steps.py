@@ -351,10 +351,11 @@ def _nearest_products(
         product = products[vectors.ids[pos]]
         hits.append(
             {
+                # The service's own fields last: metadata can never shadow them.
+                **(product.meta or {}),
                 "rank": rank,
                 "id": product.id,
                 "score": round(float(score), 6),
-                **(product.meta or {}),
             }
         )
     return hits
