@@ -18,7 +18,6 @@ from core.context import Context
 from core.errors import (
     CrossSiteRequest,
     InvalidRequest,
-    JobNotFound,
     ProductNotFound,
     Unauthorized,
 )
@@ -48,14 +47,6 @@ def db() -> Session:
     if "db_session" not in g:
         g.db_session = current_app.extensions["lookalike.sessions"]()
     return g.db_session  # type: ignore[no-any-return]
-
-
-@bp.url_value_preprocessor
-def refuse_nul_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
-    """No id holds a NUL character (and PostgreSQL refuses one in a parameter): not found."""
-    for name, value in (values or {}).items():
-        if isinstance(value, str) and "\x00" in value:
-            raise JobNotFound(value) if name == "job_id" else ProductNotFound(value)
 
 
 WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))

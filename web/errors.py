@@ -9,7 +9,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from core.errors import LookalikeError, UploadRejected
+from core.errors import JobNotFound, LookalikeError, ProductNotFound, UploadRejected
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -34,6 +34,14 @@ def error_page(status: int, message: str) -> Any:
 
 
 def register(app: Flask) -> None:
+    @app.url_value_preprocessor
+    def refuse_nul_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+        """No id holds a NUL character (and PostgreSQL refuses one in a parameter): not found,
+        as JSON for the API and as the error page for pages, on every route."""
+        for name, value in (values or {}).items():
+            if isinstance(value, str) and "\x00" in value:
+                raise JobNotFound(value) if name == "job_id" else ProductNotFound(value)
+
     @app.errorhandler(LookalikeError)
     def domain_error(exc: LookalikeError) -> Any:
         if wants_html():

@@ -18,7 +18,6 @@ from core.catalogue_queries import (
     catalogue_filters,
     jobs_with_errors,
 )
-from core.errors import ProductNotFound
 from core.lookalikes import product_with_lookalikes
 from web.api import db, settings
 
@@ -41,14 +40,6 @@ def _whole_number(name: str, default: int, most: int) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or int(raw) < 1:
         return default
     return min(int(raw), most)
-
-
-@bp.url_value_preprocessor
-def refuse_nul_ids(_endpoint: str | None, values: dict[str, Any] | None) -> None:
-    """No product id holds a NUL character (PostgreSQL refuses one): the not-found page."""
-    product_id = (values or {}).get("product_id")
-    if isinstance(product_id, str) and "\x00" in product_id:
-        raise ProductNotFound(product_id)
 
 
 @bp.app_template_filter("seconds")
