@@ -151,7 +151,11 @@ def free_port() -> int:
 
 
 def start_web(
-    env: dict[str, str], workers: int, threads: int = 2, access_log: bool = True
+    env: dict[str, str],
+    workers: int,
+    threads: int = 2,
+    access_log: bool = True,
+    worker_class: str = "gevent",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`lookalike serve` (gunicorn) on a free loopback port, in its own process group."""
     import sys
@@ -167,6 +171,8 @@ def start_web(
             f"127.0.0.1:{port}",
             "--workers",
             str(workers),
+            "--worker-class",
+            worker_class,
             "--threads",
             str(threads),
             "--access-log" if access_log else "--no-access-log",

@@ -160,12 +160,24 @@ def worker(settings: Settings, concurrency: int, loglevel: str) -> None:
     )
 
 
-def gunicorn_options(workers: int, threads: int, access_log: bool) -> list[str]:
+WORKER_CLASSES = ("gevent", "gthread")
+
+
+def gunicorn_options(
+    worker_class: str, workers: int, threads: int, connections: int, access_log: bool
+) -> list[str]:
     """gunicorn's options for `lookalike serve` (bench/perf/read_path.py serves its ceiling with
     the same)."""
-    # gthread, not sync: a sync worker closes the connection after every response, so a
-    # client (or proxy) pays a new TCP connection per request; gthread keeps it alive.
-    options = ["--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads)]
+    # gevent by default: each connection is a greenlet, so a client that sends its body at a
+    # byte a second holds a few kilobytes, not one of the few request threads (gthread hands a
+    # connection to a thread as soon as its first byte arrives, and the thread then waits for
+    # the rest). psycopg 3 waits cooperatively once gevent has patched the process. Both keep
+    # connections alive (a sync worker closes each after one response).
+    options = ["--worker-class", worker_class, "--workers", str(workers)]
+    if worker_class == "gevent":
+        options += ["--worker-connections", str(connections)]
+    else:
+        options += ["--threads", str(threads)]
     if access_log:
         options += ["--access-logfile", "-"]
     return options
@@ -177,10 +189,24 @@ def gunicorn_options(workers: int, threads: int, access_log: bool) -> list[str]:
     "--workers", "-w", default=3, show_default=True, help="gunicorn processes (about cores + 1)."
 )
 @click.option(
+    "--worker-class",
+    type=click.Choice(WORKER_CLASSES),
+    default="gevent",
+    show_default=True,
+    help="gevent: one greenlet per connection, so slow clients hold no thread; gthread: a "
+    "pool of --threads threads per process (put a buffering proxy such as nginx in front).",
+)
+@click.option(
+    "--connections",
+    default=1000,
+    show_default=True,
+    help="gevent: most connections one process holds at once.",
+)
+@click.option(
     "--threads",
     default=2,
     show_default=True,
-    help="Threads per process; each serves one request at a time, on kept-alive connections.",
+    help="gthread: threads per process; each serves one request at a time.",
 )
 @click.option(
     "--access-log/--no-access-log",
@@ -196,7 +222,14 @@ def gunicorn_options(workers: int, threads: int, access_log: bool) -> list[str]:
 )
 @click.pass_obj
 def serve(
-    settings: Settings, bind: str, workers: int, threads: int, access_log: bool, open_writes: bool
+    settings: Settings,
+    bind: str,
+    workers: int,
+    worker_class: str,
+    connections: int,
+    threads: int,
+    access_log: bool,
+    open_writes: bool,
 ) -> None:
     """Serve the web app and API under gunicorn.
 
@@ -218,7 +251,7 @@ def serve(
             bold=True,
         )
     upgrade(settings.database_url)
-    options = gunicorn_options(workers, threads, access_log)
+    options = gunicorn_options(worker_class, workers, threads, connections, access_log)
     os.execvp(
         sys.executable,
         [sys.executable, "-m", "gunicorn", *options, "--bind", bind, "web:create_app()"],

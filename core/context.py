@@ -9,9 +9,10 @@ lists. The model is loaded on first use, once per process, never at import.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,11 +47,12 @@ class Context:
         spaces: SpaceReader | None = None,
         encoder: ImageEncoder | None = None,
         loads_model: bool = True,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> Context:
         """A context on ``settings``' database. ``spaces`` defaults to a cache kept between
         jobs; ``encoder`` replaces the VGG16 model (tests); ``loads_model=False`` is for a
-        process that must never load it."""
-        engine = make_engine(settings.database_url)
+        process that must never load it; ``engine_options`` go to SQLAlchemy's engine."""
+        engine = make_engine(settings.database_url, **(engine_options or {}))
         if encoder is not None:
             load: Callable[[], ImageEncoder] = functools.partial(lambda e: e, encoder)
         elif loads_model:

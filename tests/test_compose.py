@@ -22,7 +22,7 @@ def _compose() -> dict[str, Any]:
 def test_services_and_volumes() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "web", "worker"}
+    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "nginx"}
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     for name in ("web", "worker"):
         assert "media:/data/media" in services[name]["volumes"]
@@ -32,6 +32,21 @@ def test_services_and_volumes() -> None:
     # Scalable with --scale worker=N: no fixed name, no published port.
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert set(compose["volumes"]) >= {"pgdata", "media"}
+
+
+def test_nginx_is_the_only_way_in() -> None:
+    """Slow clients meet nginx (deploy/nginx.conf, run for real in tests/test_slow_clients.py),
+    never gunicorn: web publishes no port, nginx publishes it and passes to web's."""
+    services = _compose()["services"]
+    assert "ports" not in services["web"]
+    assert "--bind" in services["web"]["command"]
+    bind = services["web"]["command"][services["web"]["command"].index("--bind") + 1]
+    port = bind.rpartition(":")[2]
+    assert services["nginx"]["ports"] == [f"{port}:{port}"]
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert f"server web:{port};" in config and f"listen {port};" in config
+    assert "proxy_request_buffering on;" in config
 
 
 def test_commands_are_documented_lookalike_commands() -> None:

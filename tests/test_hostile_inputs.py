@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +24,20 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
+from bench.common import free_port
 from core.db import make_engine, make_sessionmaker
 from core.errors import InvalidImage
 from core.images import load_rgb, verify_image
 from core.models import Embedding, ImageError, Product
 from core.neighbour_table import lock_neighbour_table
-from tests.conftest import ROOT, SAMPLE_IDS, SHOES, TSHIRTS, Workers, make_catalogue
+from tests.conftest import (
+    ROOT,
+    SAMPLE_IDS,
+    SHOES,
+    TSHIRTS,
+    Workers,
+    make_catalogue,
+)
 from tests.hostile_files import MAX_PIXELS, HostileFile, hostile_files
 from tests.test_service import photos, post_images, rebuilt_table, stored_table, wait_job
 from tests.test_worker_faults import embeddings_per_product, finish, start_index, wait_embedded
@@ -283,17 +290,11 @@ def test_a_job_finishes_when_the_database_terminates_its_connections(
 # --- (d) faults: the broker restarts mid-job ----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PrivateRedis:
     """A redis-server of this test's own, on a free port, its dump file in a test folder."""
 
     def __init__(self, folder: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.folder = folder
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -20,6 +20,16 @@ from web.json_provider import OrjsonProvider
 from worker.app import create_celery
 from worker.queue import CeleryQueue
 
+# A fixed pool per engine and process: under gevent (`lookalike serve`) a process may run many
+# requests at once, and overflow connections beyond the pool would be opened and closed per
+# request; requests past the pool wait (cooperatively) for a pooled connection instead.
+WEB_POOL: dict[str, int] = {"pool_size": 8, "max_overflow": 0}
+
+
+def web_pool(url: str) -> dict[str, int]:
+    """``WEB_POOL`` where the engine has a pool of that kind (SQLite keeps its own)."""
+    return {} if url.startswith("sqlite") else WEB_POOL
+
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """App factory: defaults, then ``LOOKALIKE_*`` variables, then ``test_config``."""
@@ -31,14 +41,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.json = OrjsonProvider(app)
     celery = app.extensions["celery"] = create_celery(settings)
+    pool = web_pool(settings.database_url)
     context = Context.create(
-        settings, CeleryQueue(celery), spaces=SqlSpaceReader(), loads_model=False
+        settings,
+        CeleryQueue(celery),
+        spaces=SqlSpaceReader(),
+        loads_model=False,
+        engine_options=pool,
     )
     app.extensions["lookalike.context"] = context
     app.extensions["lookalike.engine"] = context.engine
     app.extensions["lookalike.sessions"] = context.sessions
     # The lookalikes API reads with one statement per request, on a pool of its own.
-    app.extensions["lookalike.read_engine"] = read_engine = make_read_engine(settings.database_url)
+    app.extensions["lookalike.read_engine"] = read_engine = make_read_engine(
+        settings.database_url, **pool
+    )
     app.extensions["lookalike.lookalikes"] = LookalikesReader(read_engine)
 
     @app.teardown_appcontext

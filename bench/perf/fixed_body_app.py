@@ -2,7 +2,7 @@
 same address, answering a fixed body with no database. bench/perf/read_path.py serves it beside
 Lookalike and loads both alike, so the ratio between them is what the read itself costs.
 
-    LOOKALIKE_BENCH_BODY=FILE gunicorn -k gthread bench.perf.fixed_body_app:app
+    LOOKALIKE_BENCH_BODY=FILE gunicorn -k gevent bench.perf.fixed_body_app:app
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ class OpenLoopResult:
     offered: float  # requests/s the schedule asked for
     served: float  # responses/s over the run, counted to the last response
     latencies_ms: list[float]  # sorted, one per response, from its scheduled time
-    errors: int  # non-2xx responses and failed connections
+    errors: int  # non-2xx responses, failed connections and timeouts
+    timeouts: int  # requests with no whole response within the timeout (counted at it)
     client_cpu_s: float  # this process's CPU (user + system) during the run
 
     def percentile(self, fraction: float) -> float:
@@ -59,7 +60,12 @@ class _Connection:
 
 
 async def _run(
-    url_template: str, ids: Sequence[str], rate: float, seconds: float, connections: int
+    url_template: str,
+    ids: Sequence[str],
+    rate: float,
+    seconds: float,
+    connections: int,
+    timeout: float,
 ) -> OpenLoopResult:
     scheme, _, authority, path = url_template.split("/", 3)
     parts = urlsplit(f"{scheme}//{authority}")
@@ -70,18 +76,21 @@ async def _run(
         idle.put_nowait(_Connection(*await asyncio.open_connection(host, port)))
 
     latencies: list[float] = []
-    errors = 0
+    errors = timeouts = 0
     last_done = 0.0
     pick = random.Random(0).choice
 
     async def one(due: float, path: str) -> None:
-        nonlocal errors, last_done
+        nonlocal errors, timeouts, last_done
         connection = await idle.get()
         request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
         try:
-            status = await connection.get(request)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+            status = await asyncio.wait_for(
+                connection.get(request), due + timeout - time.perf_counter()
+            )
+        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as error:
             errors += 1
+            timeouts += isinstance(error, TimeoutError)
             connection.writer.close()
             connection = _Connection(*await asyncio.open_connection(host, port))
         else:
@@ -111,6 +120,7 @@ async def _run(
         served=len(latencies) / (last_done - start),
         latencies_ms=sorted(latencies),
         errors=errors,
+        timeouts=timeouts,
         client_cpu_s=(after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime),
     )
 
@@ -121,9 +131,11 @@ def open_loop(
     rate: float,
     seconds: float,
     connections: int = 64,
+    timeout: float = 10.0,
 ) -> OpenLoopResult:
-    """``rate`` GETs per second for ``seconds``, each to ``url_template`` with a random id."""
-    return asyncio.run(_run(url_template, ids, rate, seconds, connections))
+    """``rate`` GETs per second for ``seconds``, each to ``url_template`` with a random id; a
+    request with no whole response ``timeout`` seconds after it was due counts as an error."""
+    return asyncio.run(_run(url_template, ids, rate, seconds, connections, timeout))
 
 
 def main() -> None:

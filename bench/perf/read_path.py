@@ -151,12 +151,12 @@ def _pgbench(
 
 
 def _start_ceiling(
-    body: Path, workers: int, threads: int, access_log: bool
+    body: Path, worker_class: str, workers: int, threads: int, access_log: bool
 ) -> tuple[subprocess.Popen[bytes], str]:
     """bench/perf/fixed_body_app.py under gunicorn with the settings `lookalike serve` uses."""
     from cli.main import gunicorn_options
 
-    options = gunicorn_options(workers, threads, access_log)
+    options = gunicorn_options(worker_class, workers, threads, 1000, access_log)
     port = free_port()
     bind = ["--bind", f"127.0.0.1:{port}"]
     server = subprocess.Popen(
@@ -190,7 +190,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--web-workers", type=int, default=3)
-    parser.add_argument("--web-threads", type=int, default=2)
+    parser.add_argument("--worker-class", choices=["gevent", "gthread"], default="gevent")
+    parser.add_argument("--web-threads", type=int, default=2, help="gthread only")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
@@ -220,7 +221,9 @@ def main() -> None:
 
     # HTTP: Lookalike and the ceiling side by side, loaded in turn.
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
-    web, base = start_web(env, args.web_workers, args.web_threads, args.access_log)
+    web, base = start_web(
+        env, args.web_workers, args.web_threads, args.access_log, args.worker_class
+    )
     ceiling: subprocess.Popen[bytes] | None = None
     fixed: list[dict[str, float]] = []
     saturated: list[dict[str, float]] = []
@@ -229,7 +232,7 @@ def main() -> None:
         body = work / "body.json"
         body.write_bytes(_ready(f"{base}/api/products/{ids[0]}/similar"))
         ceiling, ceiling_base = _start_ceiling(
-            body, args.web_workers, args.web_threads, args.access_log
+            body, args.worker_class, args.web_workers, args.web_threads, args.access_log
         )
         _ready(f"{ceiling_base}/api/products/{ids[0]}/similar")
         script = work / "random.lua"
@@ -304,6 +307,12 @@ def main() -> None:
             row("README's SQL query, saturation (pgbench, 8 clients)", [sql_max], "", None),
         ]
     )
+    arrangement = (
+        "gevent worker processes"
+        if args.worker_class == "gevent"
+        else f"gthread workers of {args.web_threads} threads"
+    )
+    threads_option = f" --web-threads {args.web_threads}" if args.worker_class == "gthread" else ""
     record(
         f"Read path on PostgreSQL, {len(ids):,} products with lists",
         table,
@@ -315,13 +324,14 @@ def main() -> None:
         f"{median(ceilings, 'cpu_server_ms'):.2f} ms, wrk {median(ceilings, 'cpu_client_ms'):.2f} "
         f"ms. The open-loop client itself used {median(fixed, 'client_cpu'):.0%} of a core at "
         f"{args.rate}/s.\n\n"
-        f"gunicorn (`lookalike serve`) with {args.web_workers} gthread workers of "
-        f"{args.web_threads} threads, access log {'on' if args.access_log else 'off'}; the "
+        f"gunicorn (`lookalike serve`) with {args.web_workers} {arrangement}, access log "
+        f"{'on' if args.access_log else 'off'}; the "
         f"load generators, PostgreSQL and gunicorn all on the same 2-core machine; "
         f"{args.repeats} runs of {args.seconds} s per HTTP row, interleaved, after a warm-up. "
         f"Command: `python bench/perf/read_path.py --database-url URL --rate {args.rate} "
         f"--seconds {args.seconds} --repeats {args.repeats} --web-workers {args.web_workers} "
-        f"--web-threads {args.web_threads}{'' if args.access_log else ' --no-access-log'}`.",
+        f"--worker-class {args.worker_class}{threads_option}"
+        f"{'' if args.access_log else ' --no-access-log'}`.",
     )
 
 
