@@ -248,6 +248,7 @@ def main() -> None:
                     "rps": result.served,
                     "p50": result.percentile(0.5),
                     "p99": result.percentile(0.99),
+                    "p999": result.percentile(0.999),
                     "errors": float(result.errors),
                     "client_cpu": result.client_cpu_s / args.seconds,
                 }
@@ -271,25 +272,33 @@ def main() -> None:
 
     def row(name: str, runs: list[dict[str, float]], target: str, met: bool | None) -> str:
         verdict = "" if met is None else ("yes" if met else "NO")
+        p999 = (
+            f"{median(runs, 'p999'):.2f} ms ({spread(runs, 'p999', '.2f')})"
+            if "p999" in runs[0]
+            else ""
+        )
         return (
             f"| {name} | {median(runs, 'rps'):,.0f} ({spread(runs, 'rps', ',.0f')}) | "
             f"{median(runs, 'p50'):.2f} ms | {median(runs, 'p99'):.2f} ms "
-            f"({spread(runs, 'p99', '.2f')}) | {sum(r['errors'] for r in runs):.0f} | "
+            f"({spread(runs, 'p99', '.2f')}) | {p999} | {sum(r['errors'] for r in runs):.0f} | "
             f"{target} | {verdict} |"
         )
 
     served_all = all(run["rps"] >= 0.98 * args.rate for run in fixed)
     ratio = median(saturated, "rps") / median(ceilings, "rps")
+    ratios = ", ".join(
+        f"{s['rps'] / c['rps']:.2f}" for s, c in zip(saturated, ceilings, strict=True)
+    )
     table = "\n".join(
         [
-            "| load | requests/s: median (each run) | p50 | p99: median (each run) | errors "
-            "| target | met? |",
-            "|---|---|---|---|---|---|---|",
+            "| load | requests/s: median (each run) | p50 | p99: median (each run) "
+            "| p99.9 (open loop) | errors | target | met? |",
+            "|---|---|---|---|---|---|---|---|",
             row(
                 f"GET /api/products/<id>/similar, {args.rate}/s offered (open loop)",
                 fixed,
-                "p99 < 10 ms at 500/s",
-                median(fixed, "p99") < 10 and args.rate >= 500 and served_all,
+                "p99 < 10 ms at 500/s, every run",
+                max(run["p99"] for run in fixed) < 10 and args.rate >= 500 and served_all,
             ),
             row(
                 "GET /api/products/<id>/similar, saturation (wrk, 64 connections)",
@@ -303,6 +312,8 @@ def main() -> None:
                 "",
                 None,
             ),
+            f"| ratio to the ceiling, saturation | {ratio:.2f} ({ratios}) | | | | | >= 0.7 "
+            f"| {'yes' if ratio >= 0.7 else 'NO'} |",
             row(f"README's SQL query, {args.rate}/s offered (pgbench)", [sql_fixed], "", None),
             row("README's SQL query, saturation (pgbench, 8 clients)", [sql_max], "", None),
         ]
