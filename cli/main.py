@@ -173,7 +173,8 @@ def gunicorn_options(
     # connection to a thread as soon as its first byte arrives, and the thread then waits for
     # the rest). psycopg 3 waits cooperatively once gevent has patched the process. Both keep
     # connections alive (a sync worker closes each after one response).
-    options = ["--worker-class", worker_class, "--workers", str(workers)]
+    options = ["--config", "python:cli.gunicorn_config"]
+    options += ["--worker-class", worker_class, "--workers", str(workers)]
     if worker_class == "gevent":
         options += ["--worker-connections", str(connections)]
     else:
