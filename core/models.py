@@ -181,8 +181,10 @@ class ChangeCounter(Base):
 
     Triggers (migration 0004) move these in the same transaction as the change: ``vectors`` when
     an embedding is updated or deleted or a product's photo changes, ``neighbours`` on any write to
-    the neighbour lists. Inserted embeddings leave ``vectors`` alone, so that workers embedding
-    at once do not queue on one row (see :mod:`core.space_cache` for how inserts are found).
+    the neighbour lists, ``products`` on any metadata update or delete of a product (migration
+    0006, for :mod:`core.read_cache`). Inserted embeddings leave ``vectors`` alone, so that
+    workers embedding at once do not queue on one row (see :mod:`core.space_cache` for how
+    inserts are found).
     """
 
     __tablename__ = "change_counters"

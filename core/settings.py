@@ -109,6 +109,18 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1, description="Largest request body (413 beyond)."
     )
+    read_cache_entries: int = Field(
+        default=10_000,
+        ge=0,
+        description="Lookalike responses each web process keeps in memory (about 3 kB each); "
+        "0 turns the cache off.",
+    )
+    read_cache_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Longest a kept response outlives the write that changed it, in seconds.",
+    )
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -14,6 +14,7 @@ from flask import Flask, g
 from core.context import Context
 from core.db import make_read_engine
 from core.lookalikes import LookalikesReader
+from core.read_cache import ReadCache
 from core.settings import get_settings
 from core.space_reader import SqlSpaceReader
 from web.json_provider import OrjsonProvider
@@ -57,6 +58,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         settings.database_url, **pool
     )
     app.extensions["lookalike.lookalikes"] = LookalikesReader(read_engine)
+    app.extensions["lookalike.read_cache"] = ReadCache(
+        read_engine, settings.read_cache_entries, settings.read_cache_seconds
+    )
 
     @app.teardown_appcontext
     def close_session(_exc: BaseException | None) -> None:

@@ -186,9 +186,18 @@ def job_status(job_id: str) -> Any:
 
 @bp.get("/api/products/<product_id>/similar")
 def similar(product_id: str) -> Any:
+    # Kept per process for at most LOOKALIKE_READ_CACHE_SECONDS after a write (core.read_cache);
+    # keyed by the prefix the app is served under too, as the image addresses hold it.
+    body = current_app.extensions["lookalike.read_cache"].get(
+        (request.script_root, product_id), lambda: _similar_body(product_id)
+    )
+    return current_app.response_class(body, mimetype="application/json")
+
+
+def _similar_body(product_id: str) -> bytes:
     found = current_app.extensions["lookalike.lookalikes"](product_id)
     image_url = image_urls()
-    return jsonify(
+    response = jsonify(
         {
             "product": product_json(found.product, image_url),
             "neighbours": [
@@ -197,6 +206,7 @@ def similar(product_id: str) -> Any:
             ],
         }
     )
+    return response.get_data()
 
 
 def _positive_int(name: str, default: int, most: int) -> int:

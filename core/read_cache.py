@@ -1,0 +1,86 @@
+"""Responses kept in memory by the process that serves them, never older than a bound.
+
+The storefront asks for the same lists again and again, and a list changes only when a write
+commits. Each process keeps what it rendered (the bytes of a response), up to a number of
+entries, least recently used first out, shared by its threads or greenlets. At most every
+``max_age`` seconds a request first reads the change counters that the database's triggers move
+in the same transaction as every write to a list (``neighbours``) and every metadata change or
+delete of a product (``products``, migration 0006); when either moved, everything kept is
+dropped. So a read that starts ``max_age`` seconds or more after a write committed, in any
+process, never returns what the write replaced.
+
+A response rendered while the counters were being checked is not kept if the check dropped
+what was kept: it may have been read before the write it would then outlive.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from sqlalchemy import Engine, literal_column, or_, select
+
+from core.db import DriverStatement
+from core.models import ChangeCounter
+
+COUNTERS = ("neighbours", "products")
+# The names written into the statement: the driver gets it with no parameters to pass.
+_COUNTERS = (
+    select(ChangeCounter.name, ChangeCounter.value)
+    .where(or_(*(ChangeCounter.name == literal_column(f"'{name}'") for name in COUNTERS)))
+    .order_by(ChangeCounter.name)
+)
+
+
+class ReadCache:
+    """``get(key, render)``: the kept bytes for ``key``, or ``render()``'s, kept."""
+
+    def __init__(self, engine: Engine, entries: int, max_age: float) -> None:
+        self.entries = entries
+        self.max_age = max_age
+        self._counters = DriverStatement(engine, _COUNTERS)
+        self._kept: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._seen: tuple[tuple[str, int], ...] | None = None
+        self._checked = float("-inf")
+        self._generation = 0  # moved each time everything kept is dropped
+
+    def get(self, key: Hashable, render: Callable[[], bytes]) -> bytes:
+        if self.entries <= 0:
+            return render()
+        self._check()
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+                return kept
+            generation = self._generation
+        body = render()
+        with self._lock:
+            if generation == self._generation:
+                self._kept[key] = body
+                if len(self._kept) > self.entries:
+                    self._kept.popitem(last=False)
+        return body
+
+    def _check(self) -> None:
+        """Read the counters if ``max_age`` has passed since they were last read; drop what is
+        kept if they moved."""
+        if time.monotonic() - self._checked < self.max_age:
+            return
+        with self._lock:
+            if time.monotonic() - self._checked < self.max_age:
+                return  # another thread checked meanwhile
+            # Drop first: what renders from here on is read after the counters below.
+            started = time.monotonic()
+            seen = tuple((name, int(value)) for name, value in self._counters.rows())
+            if seen != self._seen:
+                self._kept.clear()
+                self._generation += 1
+                self._seen = seen
+            self._checked = started
+
+    def __len__(self) -> int:
+        return len(self._kept)
