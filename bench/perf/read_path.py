@@ -183,6 +183,66 @@ def _fixed_rate(template: str, ids: list[str], rate: int, seconds: int) -> dict[
     }
 
 
+class WriteLoad:
+    """A `lookalike worker` and add jobs of new photos for it, beside the reads: the first job
+    adds ``count`` products, each later one gives them other photos (replacements: embedded
+    and listed again); afterwards they are deleted through the API."""
+
+    def __init__(self, env: dict[str, str], work: Path, photos: list[Path], count: int) -> None:
+        self.photos, self.count = photos, count
+        self.ids = [f"bench-write-{n}" for n in range(count)]
+        log = work / "worker.log"
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker", "--concurrency", "1"],
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while not all(
+            word in log.read_text(errors="replace")
+            for word in ("worker process ready with model", "ready.")
+        ):
+            if self.worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def start(self, base: str, run: int) -> tuple[str, float]:
+        """Post the photos of ``run``; the job's status address and when it was posted."""
+        chosen = self.photos[run * self.count : (run + 1) * self.count]
+        files = [("images", (p.name, p.read_bytes())) for p in chosen]
+        started = time.perf_counter()
+        response = requests.post(
+            f"{base}/api/products", files=files, data={"id": self.ids}, timeout=60
+        )
+        response.raise_for_status()
+        return base + response.json()["status_url"], started
+
+    @staticmethod
+    def finish(base: str, job: tuple[str, float]) -> float:
+        """Seconds from the post to the job's end."""
+        status_url, started = job
+        while (state := requests.get(status_url, timeout=30).json()["state"]) not in (
+            "succeeded",
+            "failed",
+        ):
+            time.sleep(0.1)
+        if state != "succeeded":
+            raise RuntimeError(f"add job {status_url} {state}")
+        return time.perf_counter() - started
+
+    def clean_up(self, base: str) -> None:
+        for product_id in self.ids:
+            response = requests.delete(f"{base}/api/products/{product_id}", timeout=30)
+            if response.status_code == 202:
+                self.finish(base, (base + response.json()["status_url"], 0.0))
+
+    def stop(self) -> None:
+        os.killpg(self.worker.pid, signal.SIGTERM)
+        self.worker.wait(timeout=60)
+
+
 def _ready(url: str) -> bytes:
     deadline = time.monotonic() + 60
     while True:
@@ -206,6 +266,13 @@ def main() -> None:
     parser.add_argument("--worker-class", choices=["gevent", "gthread"], default="gevent")
     parser.add_argument("--web-threads", type=int, default=2, help="gthread only")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--write-photos",
+        type=Path,
+        help="a folder of photos: each run also measures the fixed rate while an add job of "
+        "--write-count of them runs on a `lookalike worker` on this machine",
+    )
+    parser.add_argument("--write-count", type=int, default=100)
     args = parser.parse_args()
 
     from sqlalchemy import create_engine, select, text
@@ -234,12 +301,21 @@ def main() -> None:
 
     # HTTP: Lookalike and the ceiling side by side, loaded in turn.
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
+    writer: WriteLoad | None = None
+    if args.write_photos is not None:
+        env.update(
+            LOOKALIKE_BROKER_URL="redis://127.0.0.1:6379/0",
+            LOOKALIKE_QUEUE=f"lookalike-bench-{os.getpid()}",
+            LOOKALIKE_MEDIA_DIR=str(work / "media"),
+        )
+        writer = WriteLoad(env, work, sorted(args.write_photos.iterdir()), args.write_count)
     web, base = start_web(
         env, args.web_workers, args.web_threads, args.access_log, args.worker_class
     )
     ceiling: subprocess.Popen[bytes] | None = None
     fixed: list[dict[str, float]] = []
     ceiling_fixed: list[dict[str, float]] = []
+    under_writes: list[dict[str, float]] = []
     saturated: list[dict[str, float]] = []
     ceilings: list[dict[str, float]] = []
     try:
@@ -261,9 +337,18 @@ def main() -> None:
             # stack alone leave of a 10 ms p99.
             ceiling_template = ceiling_base + "/api/products/{id}/similar"
             ceiling_fixed.append(_fixed_rate(ceiling_template, ids, args.rate, args.seconds))
+            if writer is not None:
+                job = writer.start(base, len(under_writes))
+                loaded = _fixed_rate(template, ids, args.rate, args.seconds)
+                loaded["job_s"] = writer.finish(base, job)
+                under_writes.append(loaded)
             saturated.append(_wrk(base, script, 64, args.seconds, web.pid))
             ceilings.append(_wrk(ceiling_base, script, 64, args.seconds, ceiling.pid))
+        if writer is not None:
+            writer.clean_up(base)
     finally:
+        if writer is not None:
+            writer.stop()
         for server in (web, ceiling):
             if server is not None:
                 os.killpg(server.pid, signal.SIGTERM)
@@ -307,6 +392,19 @@ def main() -> None:
                 fixed,
                 "p99 < 10 ms at 500/s, every run",
                 max(run["p99"] for run in fixed) < 10 and args.rate >= 500 and served_all,
+            ),
+            *(
+                [
+                    row(
+                        f"the same while an add job of {args.write_count} photos runs on a "
+                        f"worker (job: {spread(under_writes, 'job_s', '.1f')} s)",
+                        under_writes,
+                        "reported",
+                        None,
+                    )
+                ]
+                if under_writes
+                else []
             ),
             row(
                 "GET /api/products/<id>/similar, saturation (wrk, 64 connections)",
