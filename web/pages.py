@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from core.catalogue_queries import (
@@ -87,7 +87,16 @@ def go_to_product() -> Response:
 
 
 @bp.get("/products/<product_id>")
-def product(product_id: str) -> str:
+def product(product_id: str) -> Any:
+    # The page holds what the lookalikes response holds, so it is kept by the same read cache,
+    # dropped by the same writes (core.read_cache).
+    body = current_app.extensions["lookalike.read_cache"].get(
+        ("page", request.script_root, product_id), lambda: _product_page(product_id).encode()
+    )
+    return current_app.response_class(body, mimetype="text/html")
+
+
+def _product_page(product_id: str) -> str:
     view = product_with_lookalikes(db(), product_id)
     meta: dict[str, Any] = dict(view.product.meta or {})
     details = [(key, meta.pop(key)) for key in DETAIL_ORDER if key in meta]

@@ -25,6 +25,8 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from flask import Flask
+
 from bench.common import index_in_process, lookalike_env, record, unpacked
 from core.models import Neighbour, Product
 from web import create_app
@@ -53,8 +55,10 @@ def main() -> None:
     args = parser.parse_args()
 
     url = args.database_url or _index_fashion_dev(Path(tempfile.mkdtemp(prefix="lookalike-")))
+    # The product page from the read cache (as served), and rendered every time (cache off).
     app = create_app({"database_url": url})
-    client = app.test_client()
+    uncached = create_app({"database_url": url, "read_cache_entries": 0})
+    clients = {app: app.test_client(), uncached: uncached.test_client()}
     with app.app_context():
         session = db()
         listed = sorted(session.scalars(select(Neighbour.product_id).distinct()))
@@ -65,9 +69,9 @@ def main() -> None:
         sys.exit(f"{url} has no neighbour lists: index a catalogue first")
     ids = random.Random(0).sample(listed, min(args.products, len(listed)))
 
-    def timed(path: str) -> float:
+    def timed(path: str, on: Flask = app) -> float:
         start = time.perf_counter()
-        response = client.get(path)
+        response = clients[on].get(path)
         elapsed = time.perf_counter() - start
         if response.status_code != 200:
             sys.exit(f"GET {path}: {response.status_code}")
@@ -75,10 +79,13 @@ def main() -> None:
 
     for product_id in ids[:20]:  # warm-up: imports, template compilation, SQLite page cache
         timed(f"/products/{product_id}")
+        timed(f"/products/{product_id}", uncached)
+    uncached_ms = [timed(f"/products/{pid}", uncached) for _ in range(args.repeats) for pid in ids]
     product_ms = [timed(f"/products/{pid}") for _ in range(args.repeats) for pid in ids]
     pages = ["/", "/?page=7"] + ([f"/?articleType={article}"] if article else [])
     catalogue_ms = {path: [timed(path) for _ in range(30)] for path in pages}
-    app.extensions["lookalike.engine"].dispose()
+    for each in (app, uncached):
+        each.extensions["lookalike.engine"].dispose()
 
     def row(name: str, times: list[float], target: bool) -> str:
         ordered = sorted(times)
@@ -93,7 +100,17 @@ def main() -> None:
     lines = [
         "| request (server time, Flask test client) | requests | median | p99 | max | target |",
         "|---|---|---|---|---|---|",
-        row(f"GET /products/<id>, {len(ids)} ids x {args.repeats}", product_ms, True),
+        row(
+            f"GET /products/<id>, {len(ids)} ids x {args.repeats}, read cache off",
+            uncached_ms,
+            True,
+        ),
+        row(
+            f"GET /products/<id>, {len(ids)} ids x {args.repeats}, from the read cache "
+            "(each id rendered once, on its first request)",
+            product_ms,
+            True,
+        ),
     ]
     lines += [row(f"GET {path} (48 per page)", ms, False) for path, ms in catalogue_ms.items()]
     record(
