@@ -243,7 +243,8 @@ class WriteLoad:
         self.worker.wait(timeout=60)
 
 
-def _ready(url: str) -> bytes:
+def wait_ready(url: str) -> bytes:
+    """The body of ``url`` once it answers 2xx (within a minute)."""
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -320,11 +321,11 @@ def main() -> None:
     ceilings: list[dict[str, float]] = []
     try:
         body = work / "body.json"
-        body.write_bytes(_ready(f"{base}/api/products/{ids[0]}/similar"))
+        body.write_bytes(wait_ready(f"{base}/api/products/{ids[0]}/similar"))
         ceiling, ceiling_base = _start_ceiling(
             body, args.worker_class, args.web_workers, args.web_threads, args.access_log
         )
-        _ready(f"{ceiling_base}/api/products/{ids[0]}/similar")
+        wait_ready(f"{ceiling_base}/api/products/{ids[0]}/similar")
         script = work / "random.lua"
         script.write_text(WRK_SCRIPT.format(ids=",".join(f'"{pid}"' for pid in ids)))
         template = base + "/api/products/{id}/similar"

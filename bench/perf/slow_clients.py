@@ -33,12 +33,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import ROOT, free_port, lookalike_env, record, start_web
 from bench.perf.open_loop import OpenLoopResult, open_loop
+from bench.perf.read_path import wait_ready
 
 NGINX_CONFIG = ROOT / "deploy" / "nginx.conf"
 
@@ -100,18 +99,6 @@ def nginx_command(folder: Path, listen: int, upstream: int) -> list[str]:
             f"daemon off; pid {prefix / 'nginx.pid'};"]  # fmt: skip
 
 
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url, timeout=5).ok:
-                return
-        except requests.RequestException:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", required=True)
@@ -163,7 +150,7 @@ def main() -> None:
         else:
             print("nginx not found: the nginx row is left out", file=sys.stderr)
         for port in arrangements.values():
-            _wait_ready(f"http://127.0.0.1:{port}/api/products/{ids[0]}/similar")
+            wait_ready(f"http://127.0.0.1:{port}/api/products/{ids[0]}/similar")
             # Warm-up, not counted: every process opens its database connections.
             open_loop(f"http://127.0.0.1:{port}/api/products/{{id}}/similar", ids, args.rate, 3)
 
