@@ -24,8 +24,10 @@ from sqlalchemy import Engine, literal_column, or_, select
 
 from core.db import DriverStatement
 from core.models import ChangeCounter
+from core.neighbour_table import NEIGHBOURS_COUNTER
 
-COUNTERS = ("neighbours", "products")
+PRODUCTS_COUNTER = "products"
+COUNTERS = (NEIGHBOURS_COUNTER, PRODUCTS_COUNTER)
 # The names written into the statement: the driver gets it with no parameters to pass.
 _COUNTERS = (
     select(ChangeCounter.name, ChangeCounter.value)
@@ -73,7 +75,7 @@ class ReadCache:
         with self._lock:
             if time.monotonic() - self._checked < self.max_age:
                 return  # another thread checked meanwhile
-            # Drop first: what renders from here on is read after the counters below.
+            # The bound runs from before the read: every commit it saw is at least this old.
             started = time.monotonic()
             seen = tuple((name, int(value)) for name, value in self._counters.rows())
             if seen != self._seen:
