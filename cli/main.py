@@ -21,6 +21,7 @@ from core.jobs import recent_jobs
 from core.lookalikes import similar_products
 from core.models import ImageError, Job
 from core.settings import Settings, get_settings
+from core.twins import photo_groups
 from migrations import upgrade
 
 
@@ -67,20 +68,41 @@ main.add_command(evaluate)
 def similar(settings: Settings, product_id: str, as_json: bool) -> None:
     """Show the products that look most like PRODUCT_ID, with their scores."""
     with sessions(settings) as session:
-        product, neighbours = similar_products(session, product_id)
+        product, neighbours, same_photo = similar_products(session, product_id)
     if as_json:
-        body = {
+        body: dict[str, object] = {
             "product": {**(product.meta or {}), "id": product.id},
             "neighbours": [
                 {**n.product.meta, "rank": n.rank, "id": n.product.id, "score": round(n.score, 6)}
                 for n in neighbours
             ],
         }
+        if same_photo:
+            body["same_photo_as"] = [{**t.meta, "id": t.id} for t in same_photo]
         click.echo(json.dumps(body, indent=2))
         return
     click.echo(f"{product.id}  {product.name or ''}".rstrip())
+    if same_photo:
+        click.echo(f"     same photo as {', '.join(t.id for t in same_photo)}")
     for n in neighbours:
         click.echo(f"{n.rank:>3}  {n.score:.4f}  {n.product.id:<12} {n.product.name or ''}")
+
+
+@main.command("same-photos")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+@click.pass_obj
+def same_photos(settings: Settings, as_json: bool) -> None:
+    """List the groups of products filed with the very same photo (one per line, first id
+    first). Only the first of a group takes places in lookalike lists; the others show its
+    list and name the group as "same photo as"."""
+    with sessions(settings) as session:
+        groups = photo_groups(session)
+    if as_json:
+        click.echo(json.dumps({"groups": groups}, indent=2))
+        return
+    for group in groups:
+        click.echo(" ".join(group))
+    click.echo(f"{len(groups)} groups, {sum(len(g) for g in groups)} products", err=True)
 
 
 @main.command()

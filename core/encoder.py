@@ -31,6 +31,11 @@ class ImageEncoder(Protocol):
     @property
     def model_id(self) -> str: ...
 
+    @property
+    def input_side(self) -> int:
+        """The side of the square model input, in pixels."""
+        ...
+
     def prepare(self, source: ImageSource) -> np.ndarray:
         """Decode and preprocess one photo into a model input (thread-safe)."""
         ...
@@ -131,6 +136,10 @@ class VGG16Encoder:
     def model_id(self) -> str:
         return self.spec.model_id
 
+    @property
+    def input_side(self) -> int:
+        return self.spec.input_size
+
     def prepare(self, source: ImageSource) -> np.ndarray:
         size = self.spec.input_size
         return load_pixels(
@@ -177,6 +186,10 @@ class PixelEncoder:
         self.max_pixels = max_pixels
         self.side = side
         self.dim = side * side * 3
+
+    @property
+    def input_side(self) -> int:
+        return self.side
 
     @property
     def model_id(self) -> str:

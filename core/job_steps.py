@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core import nuisance, twins
 from core.context import Context
 from core.errors import InvalidImage, JobNotFound
 from core.jobs import (
@@ -41,6 +43,7 @@ from core.pipeline import ImageFailure
 from core.products import ProductSync, embed_pending, pending_products
 from core.spaces import ProjectionSettings, Space, project_queries, resolve_space
 from core.uploads import take_back
+from core.vectors import VectorSet
 
 log = logging.getLogger(__name__)
 Commits = Iterator[None]
@@ -55,8 +58,23 @@ def run_step(context: Context, session: Session, call: StepCall) -> Commits:
 
 def _space(context: Context, session: Session, **options: bool) -> Space:
     """The space this job works in, resolved once for it."""
-    wanted = ProjectionSettings.of(context.settings)
-    return resolve_space(session, context.encoder.model_id, wanted, **options)
+    s = context.settings
+    wanted = ProjectionSettings.of(s)
+
+    def source_basis(vectors: VectorSet, rank: int) -> np.ndarray | None:
+        return nuisance.source_basis(
+            session,
+            context.encoder,
+            vectors,
+            rank,
+            batch_size=s.batch_size,
+            workers=s.decode_workers,
+            max_pixels=s.max_image_pixels,
+        )
+
+    return resolve_space(
+        session, context.encoder.model_id, wanted, source_basis=source_basis, **options
+    )
 
 
 # --- index: chunks embedded anywhere, then one finalise --------------------------------
@@ -335,7 +353,7 @@ def search_photo(context: Context, session: Session, job_id: str) -> Commits:
 def _nearest_products(
     context: Context, session: Session, space: Space, query: Any
 ) -> list[dict[str, Any]]:
-    vectors = context.spaces.vectors(session, space)
+    vectors, _ = twins.visible(session, context.spaces.vectors(session, space))
     if not vectors.ids:
         return []
     s = context.settings

@@ -4,7 +4,7 @@ statement on the driver's cursor) and the ORM read the pages and the command lin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from core.db import DriverStatement
 from core.errors import NotIndexed, ProductNotFound
 from core.models import Embedding, Neighbour, Product
+from core.twins import twins_of
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,32 @@ class SimilarProduct:
     score: float
 
 
-def similar_products(session: Session, product_id: str) -> tuple[Product, list[SimilarProduct]]:
-    """A product and its stored neighbour list, best first.
+def _stored_list(session: Session, product_id: str) -> list[SimilarProduct]:
+    rows = session.execute(
+        select(Neighbour.rank, Neighbour.score, Product.id, Product.meta)
+        .join(Product, Product.id == Neighbour.neighbour_id)
+        .where(Neighbour.product_id == product_id)
+        .order_by(Neighbour.rank)
+    ).all()
+    return [
+        SimilarProduct(rank, ProductSummary(pid, meta or {}), score)
+        for rank, score, pid, meta in rows
+    ]
+
+
+def _summaries(session: Session, product_ids: list[str]) -> list[ProductSummary]:
+    if not product_ids:
+        return []
+    query = select(Product.id, Product.meta).where(Product.id.in_(product_ids))
+    rows: dict[str, Any] = {pid: meta for pid, meta in session.execute(query)}
+    return [ProductSummary(pid, rows[pid] or {}) for pid in product_ids if pid in rows]
+
+
+def similar_products(
+    session: Session, product_id: str
+) -> tuple[Product, list[SimilarProduct], list[ProductSummary]]:
+    """A product, its lookalikes, best first, and the products filed with the same photo
+    (``core.twins``: a twin is shown the list of the one that stands for their photo).
 
     Raises:
         ProductNotFound: no such product.
@@ -60,24 +85,19 @@ def similar_products(session: Session, product_id: str) -> tuple[Product, list[S
     product = session.get(Product, product_id)
     if product is None:
         raise ProductNotFound(product_id)
-    # Plain rows, not ORM objects: this is the storefront's hot path.
-    rows = session.execute(
-        select(Neighbour.rank, Neighbour.score, Product.id, Product.meta)
-        .join(Product, Product.id == Neighbour.neighbour_id)
-        .where(Neighbour.product_id == product_id)
-        .order_by(Neighbour.rank)
-    ).all()
-    neighbours = [
-        SimilarProduct(rank, ProductSummary(pid, meta or {}), score)
-        for rank, score, pid, meta in rows
-    ]
+    same_photo = twins_of(session, product_id)
+    neighbours = _stored_list(session, product_id)
+    for twin in same_photo if not neighbours else []:
+        neighbours = _stored_list(session, twin)
+        if neighbours:
+            break
     if not neighbours:
         count = session.scalar(
             select(func.count()).select_from(Embedding).where(Embedding.product_id == product_id)
         )
         reason = "it has no vector yet" if not count else "its list has not been built yet"
         raise NotIndexed(f"product {product_id!r} has no neighbours: {reason}")
-    return product, neighbours
+    return product, neighbours, _summaries(session, same_photo)
 
 
 @dataclass
@@ -87,6 +107,7 @@ class ProductView:
     product: Product
     neighbours: list[SimilarProduct]
     reason: str | None = None
+    same_photo: list[ProductSummary] = field(default_factory=list)
 
 
 def product_with_lookalikes(session: Session, product_id: str) -> ProductView:
@@ -96,28 +117,33 @@ def product_with_lookalikes(session: Session, product_id: str) -> ProductView:
         ProductNotFound: no such product.
     """
     try:
-        product, neighbours = similar_products(session, product_id)
+        product, neighbours, same_photo = similar_products(session, product_id)
     except NotIndexed as exc:
         product_or_none = session.get(Product, product_id)
         if product_or_none is None:  # deleted between the two reads
             raise ProductNotFound(product_id) from None
-        return ProductView(product_or_none, [], exc.message)
-    return ProductView(product, neighbours)
+        same = _summaries(session, twins_of(session, product_id))
+        return ProductView(product_or_none, [], exc.message, same)
+    return ProductView(product, neighbours, same_photo=same_photo)
 
 
 @dataclass
 class Lookalikes:
-    """A product's id and metadata, and its stored list, best first."""
+    """A product's id and metadata, its stored list, best first, and its twins."""
 
     product: ProductSummary
     neighbours: list[SimilarProduct]
+    same_photo: list[ProductSummary] = field(default_factory=list)
 
 
 def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, str | None]]:
     products, neighbours = Product.__table__, Neighbour.__table__
     listed = products.alias("listed")
+    twins = products.alias("twins")
     product_id = bindparam("product_id", type_=String)
-    # The product itself comes first as rank 0. Table columns, not ORM attributes, and one
+    own_photo = select(products.c.content_hash).where(products.c.id == product_id)
+    # The product itself comes first as rank 0, the products with the same photo (core.twins)
+    # as rank -1 (an index lookup: usually none). Table columns, not ORM attributes, and one
     # statement built once: no ORM loading and no cache key to compute per request. The
     # metadata comes as its JSON text, parsed here by orjson, whatever the driver.
     return union_all(
@@ -135,7 +161,13 @@ def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, str 
         )
         .join(listed, listed.c.id == neighbours.c.neighbour_id)
         .where(neighbours.c.product_id == product_id),
-    ).order_by(literal_column("rank"))
+        select(
+            literal_column("-1", Integer).label("rank"),
+            null().cast(Float).label("score"),
+            twins.c.id,
+            cast(twins.c.meta, Text).label("meta"),
+        ).where(twins.c.content_hash == own_photo.scalar_subquery(), twins.c.id != product_id),
+    ).order_by(literal_column("rank"), literal_column("id"))
 
 
 _LOOKALIKES = _lookalikes_statement()
@@ -165,18 +197,22 @@ class LookalikesReader:
             NotIndexed: the product has no neighbour list yet.
         """
         rows = self._statement.rows(product_id=product_id)
-        if not rows:
+        own = [row for row in rows if row[0] == 0]
+        if not own:
             raise ProductNotFound(product_id)
-        if len(rows) == 1:
-            # Rare: let the full read say why there is no list (or find one written meanwhile).
+        listed = [row for row in rows if row[0] > 0]
+        if not listed:
+            # Rare: a twin, or no list yet; the full read finds the twin's list, or says why
+            # there is none (or finds one written meanwhile).
             return self._full_read(product_id)
-        (_, _, own_id, own_meta), *listed = rows
+        (_, _, own_id, own_meta) = own[0]
         return Lookalikes(
             _summary(own_id, own_meta),
             [SimilarProduct(rank, _summary(pid, meta), score) for rank, score, pid, meta in listed],
+            [_summary(pid, meta) for rank, _, pid, meta in rows if rank < 0],
         )
 
     def _full_read(self, product_id: str) -> Lookalikes:
         with self.engine.connect() as connection, Session(bind=connection) as session:
-            product, neighbours = similar_products(session, product_id)
-        return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours)
+            product, neighbours, same_photo = similar_products(session, product_id)
+        return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours, same_photo)

@@ -54,6 +54,9 @@ class Product(Base):
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
 
+    # Products filed with the same photo are found by it (core.twins).
+    __table_args__ = (Index("ix_products_content_hash", "content_hash"),)
+
     @property
     def name(self) -> str | None:
         value = self.meta.get("productDisplayName") if self.meta else None
@@ -133,6 +136,8 @@ class ProjectionRecord(Base):
     dims: Mapped[int] = mapped_column(Integer)
     whiten: Mapped[float] = mapped_column(Float)
     power: Mapped[float] = mapped_column(Float)
+    # What was asked: the stored projection may hold fewer (a small catalogue), or none.
+    source_dims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fitted_on: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

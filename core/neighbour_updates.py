@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from core import twins
 from core.db import in_chunks
 from core.list_ends import ListEnds
 from core.models import Product
@@ -51,7 +52,7 @@ def rebuild_lists(
         The number of lists written or removed.
     """
     before = lock_neighbour_table(session)
-    vectors = reader.vectors(session, space)
+    vectors, _ = twins.visible(session, reader.vectors(session, space))
     fresh = top_k(vectors.vectors, k, block_size)
     stored, untidy = read_lists(session, vectors, vectors.ids, space, k)
     # Lists with rows read as absent (another space's, say) count as changed too.
@@ -108,9 +109,10 @@ def update_lists(
     """
     before = lock_neighbour_table(session)  # no other writer until this transaction ends
     stale = set(stale_ids)
-    repair = (lists_mentioning(session, stale) | set(repair_ids)) - stale
+    vectors, hidden = twins.visible(session, reader.vectors(session, space))
+    # A twin leaves every list it held (it may have stood for its photo until now).
+    repair = (lists_mentioning(session, stale | set(hidden)) | set(repair_ids)) - stale
     stored_ends = reader.list_ends(session, space, k, before)
-    vectors = reader.vectors(session, space)
     ends = stored_ends.along(vectors)
     plan = _plan(vectors, ends, stale, repair)
     delete_lists(session, plan.gone)

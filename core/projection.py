@@ -1,5 +1,6 @@
-"""Post-processing learned from the catalogue itself, without labels: PCA whitening with
-dimension reduction, then signed power normalisation and L2.
+"""Post-processing learned from the catalogue itself, without labels: the directions in which
+a photo's source moves its vector removed (``core.nuisance``), PCA whitening with dimension
+reduction, then signed power normalisation and L2.
 
 A fitted projection is stored with the index and is part of the model id of every list built
 with it. It is re-fitted only by an explicit rebuild, so incremental adds project newcomers with
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +25,8 @@ class Projection:
     components: np.ndarray  # (dims, d), rows scaled by variance^(-whiten/2)
     power: float
     whiten: float = 1.0
+    # (d, r) orthonormal columns projected out of every vector before the PCA; None: nothing.
+    nuisance: np.ndarray | None = None
 
     @property
     def dims(self) -> int:
@@ -32,27 +36,31 @@ class Projection:
     def tag(self) -> str:
         """Short, content-derived name: part of the model id of lists built with it."""
         digest = hashlib.sha256(self.to_bytes()).hexdigest()[:10]
-        return f"pca{self.dims}-w{self.whiten:g}-p{self.power:g}-{digest}"
+        removed = "" if self.nuisance is None else f"-n{self.nuisance.shape[1]}"
+        return f"pca{self.dims}-w{self.whiten:g}-p{self.power:g}{removed}-{digest}"
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         """Project, power and L2-normalise, a chunk of rows at a time (float64 inside)."""
         out = np.empty((len(vectors), self.dims), dtype=np.float32)
         for start in range(0, len(vectors), _CHUNK_ROWS):
             rows = slice(start, start + _CHUNK_ROWS)
-            centred = np.asarray(vectors[rows], dtype=np.float64) - self.mean
+            centred = _rows(vectors, start, self.nuisance) - self.mean
             projected = centred @ self.components.T
             out[rows] = l2_normalise(np.sign(projected) * np.abs(projected) ** self.power)
         return out
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            mean=self.mean,
-            components=self.components,
-            power=self.power,
-            whiten=self.whiten,
-        )
+        # Without a nuisance basis the bytes, and so the tags, are those of earlier versions.
+        arrays: dict[str, Any] = {
+            "mean": self.mean,
+            "components": self.components,
+            "power": self.power,
+            "whiten": self.whiten,
+        }
+        if self.nuisance is not None:
+            arrays["nuisance"] = self.nuisance
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
@@ -63,14 +71,28 @@ class Projection:
                 arrays["components"],
                 float(arrays["power"]),
                 float(arrays["whiten"]),
+                arrays["nuisance"] if "nuisance" in arrays.files else None,
             )
 
 
+def remove(vectors: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """``vectors`` less their components along the orthonormal columns of ``basis``."""
+    if basis is None:
+        return vectors
+    return np.asarray(vectors - (vectors @ basis) @ basis.T)
+
+
 def fit_projection(
-    vectors: np.ndarray, dims: int, power: float, whiten: float = 1.0, eps: float = 1e-12
+    vectors: np.ndarray,
+    dims: int,
+    power: float,
+    whiten: float = 1.0,
+    eps: float = 1e-12,
+    nuisance: np.ndarray | None = None,
 ) -> Projection:
     """PCA of the catalogue's own vectors keeping ``dims`` dimensions, each divided by its
-    variance to the power ``whiten / 2`` (1: full whitening).
+    variance to the power ``whiten / 2`` (1: full whitening). With ``nuisance`` (orthonormal
+    columns), those directions are removed from every vector first, here and in ``apply``.
 
     The covariance (d x d) is accumulated in float64 a chunk of rows at a time and
     eigendecomposed, so memory stays O(d^2) beside the vectors, whatever the catalogue size.
@@ -79,11 +101,11 @@ def fit_projection(
     count, d = vectors.shape
     mean = np.zeros(d)
     for start in range(0, count, _CHUNK_ROWS):
-        mean += np.asarray(vectors[start : start + _CHUNK_ROWS], dtype=np.float64).sum(axis=0)
+        mean += _rows(vectors, start, nuisance).sum(axis=0)
     mean /= max(count, 1)
     covariance = np.zeros((d, d))
     for start in range(0, count, _CHUNK_ROWS):
-        centred = np.asarray(vectors[start : start + _CHUNK_ROWS], dtype=np.float64) - mean
+        centred = _rows(vectors, start, nuisance) - mean
         covariance += centred.T @ centred
     covariance /= max(count - 1, 1)
     variance, basis = np.linalg.eigh(covariance)  # ascending
@@ -93,7 +115,11 @@ def fit_projection(
     signs = np.sign(vt[np.arange(dims), np.abs(vt).argmax(axis=1)])
     vt = vt * signs[:, None]
     scale = np.power(np.maximum(variance[order], eps), -whiten / 2)
-    return Projection(mean, vt * scale[:, None], power, whiten)
+    return Projection(mean, vt * scale[:, None], power, whiten, nuisance)
+
+
+def _rows(vectors: np.ndarray, start: int, nuisance: np.ndarray | None) -> np.ndarray:
+    return remove(np.asarray(vectors[start : start + _CHUNK_ROWS], dtype=np.float64), nuisance)
 
 
 _CHUNK_ROWS = 8192

@@ -4,8 +4,9 @@ The storefront asks for the same lists again and again, and a list changes only 
 commits. Each process keeps what it rendered (the bytes of a response), up to a number of
 entries, least recently used first out, shared by its threads or greenlets. At most every
 ``max_age`` seconds a request first reads the change counters that the database's triggers move
-in the same transaction as every write to a list (``neighbours``) and every metadata change or
-delete of a product (``products``, migration 0006); when either moved, everything kept is
+in the same transaction as every write to a list (``neighbours``) and every metadata change,
+delete, insert or photo change of a product (``products``, migrations 0006 and 0007: a new
+product may be a twin that its group's lookalikes name); when either moved, everything kept is
 dropped. So a read that starts ``max_age`` seconds or more after a write committed, in any
 process, never returns what the write replaced.
 

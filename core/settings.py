@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     pca_power: float = Field(
         default=1.0, gt=0, description="Signed power applied after whitening (0.5: square root)."
     )
+    source_dims: int = Field(
+        default=32,
+        ge=0,
+        description="Directions removed from every vector before the PCA: those in which a "
+        "photo's vector moves when it comes smaller or more compressed, learned from a sample of "
+        "the catalogue's own photos when the projection is fitted, so that photo sources do not "
+        "decide the neighbours (0: off). Part of the projection's tag.",
+    )
     batch_size: int = Field(default=16, ge=1, description="Images per model call.")
     decode_workers: int = Field(default=2, ge=1, description="Threads that decode images.")
     neighbours: int = Field(default=10, ge=1, description="k: neighbours kept per product.")

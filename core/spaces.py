@@ -9,6 +9,7 @@ list, is built and parsed here and nowhere else.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,10 +56,11 @@ class ProjectionSettings:
     dims: int
     power: float = 1.0
     whiten: float = 1.0
+    source_dims: int = 0  # directions of photo source removed first (core.nuisance)
 
     @classmethod
     def of(cls, settings: Settings) -> ProjectionSettings:
-        return cls(settings.pca_dims, settings.pca_power, settings.pca_whiten)
+        return cls(settings.pca_dims, settings.pca_power, settings.pca_whiten, settings.source_dims)
 
 
 def resolve_space(
@@ -68,13 +70,15 @@ def resolve_space(
     *,
     refit: bool = False,
     fit: bool = True,
+    source_basis: Callable[[VectorSet, int], np.ndarray | None] | None = None,
 ) -> Space:
     """The space lists of ``embedding_model_id`` are built in under ``wanted``.
 
     A projection is fitted once, when there is none yet and the catalogue has at least
     ``2 * dims`` vectors (before that, lists use the embedding vectors as they are), and again
     only when ``refit`` asks for it; adds therefore keep projecting with the same parameters.
-    ``fit=False`` (a search) uses what is stored and never fits.
+    ``fit=False`` (a search) uses what is stored and never fits. With ``wanted.source_dims``,
+    ``source_basis(vectors, rank)`` gives the directions to remove first (``core.nuisance``).
     """
     if wanted.dims <= 0:
         return Space(embedding_model_id)
@@ -86,7 +90,14 @@ def resolve_space(
     vectors = load_embeddings(session, embedding_model_id)
     if len(vectors.ids) < 2 * wanted.dims:
         return Space(embedding_model_id, tag)
-    projection = fit_projection(vectors.vectors, wanted.dims, wanted.power, wanted.whiten)
+    nuisance = None
+    if wanted.source_dims > 0:
+        if source_basis is None:
+            raise ValueError("a projection with source_dims needs a source_basis to fit")
+        nuisance = source_basis(vectors, wanted.source_dims)
+    projection = fit_projection(
+        vectors.vectors, wanted.dims, wanted.power, wanted.whiten, nuisance=nuisance
+    )
     _store_projection(session, embedding_model_id, wanted, projection, len(vectors.ids))
     return Space(embedding_model_id, projection.tag)
 
@@ -103,6 +114,7 @@ def _stored_tag(
             ProjectionRecord.dims == wanted.dims,
             ProjectionRecord.power == wanted.power,
             ProjectionRecord.whiten == wanted.whiten,
+            ProjectionRecord.source_dims == wanted.source_dims,
         )
         .order_by(ProjectionRecord.created_at.desc())
         .limit(1)
@@ -125,6 +137,7 @@ def _store_projection(
             dims=wanted.dims,
             whiten=wanted.whiten,
             power=wanted.power,
+            source_dims=wanted.source_dims,
             fitted_on=fitted_on,
             data=projection.to_bytes(),
         )

@@ -200,7 +200,13 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
     items = read_catalogue(root).items
     first, later = items[:12], items[12:]
     context = in_process_context(
-        pixel_encoder, neighbours=K, block_size=5, batch_size=4, pca_dims=4, pca_power=0.5
+        pixel_encoder,
+        neighbours=K,
+        block_size=5,
+        batch_size=4,
+        pca_dims=4,
+        pca_power=0.5,
+        source_dims=0,  # tests/test_photo_sources.py has them
     )
     *_, job = index_catalogue(context, db_session, first)
     summary = IndexSummary.of(job)

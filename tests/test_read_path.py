@@ -73,7 +73,7 @@ def test_lookalikes_read_what_similar_products_reads(read_app: Flask) -> None:
     with read_app.extensions["lookalike.sessions"]() as session:
         for product_id in LISTED:
             found = lookalikes(product_id)
-            product, neighbours = similar_products(session, product_id)
+            product, neighbours, _ = similar_products(session, product_id)
             assert (found.product.id, found.product.meta) == (product.id, product.meta)
             assert found.neighbours == neighbours
             assert [n.rank for n in found.neighbours] == list(range(1, 11))

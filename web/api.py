@@ -197,16 +197,16 @@ def similar(product_id: str) -> Any:
 def _similar_body(product_id: str) -> bytes:
     found = current_app.extensions["lookalike.lookalikes"](product_id)
     image_url = image_urls()
-    response = jsonify(
-        {
-            "product": product_json(found.product, image_url),
-            "neighbours": [
-                {**product_json(n.product, image_url), "rank": n.rank, "score": round(n.score, 6)}
-                for n in found.neighbours
-            ],
-        }
-    )
-    return response.get_data()
+    body: dict[str, Any] = {
+        "product": product_json(found.product, image_url),
+        "neighbours": [
+            {**product_json(n.product, image_url), "rank": n.rank, "score": round(n.score, 6)}
+            for n in found.neighbours
+        ],
+    }
+    if found.same_photo:  # only then: every other answer stays as it was
+        body["same_photo_as"] = [product_json(twin, image_url) for twin in found.same_photo]
+    return jsonify(body).get_data()
 
 
 def _positive_int(name: str, default: int, most: int) -> int:

@@ -1,0 +1,62 @@
+"""Products filed with the very same photo (equal file contents) are one photo, not lookalikes.
+
+Two products whose photos are the same file score 1.0 against each other and would fill each
+other's first places, and every list near them would hold both. So in every space only the
+first of such a group (in product id order, among those with a vector) has a vector: the
+others, its *twins*, take no place in any list, and each is shown its group's list (which is
+exactly its own, the photo being the same) with the group named apart as "same photo as".
+Which member stands for the group follows the vectors: when it is deleted or its photo
+replaced, the next one takes its place at the next update.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.models import Product
+from core.vectors import VectorSet
+
+
+def photo_groups(session: Session) -> list[list[str]]:
+    """Every group of two or more products with the same photo, each sorted, by first id."""
+    shared = (
+        select(Product.content_hash)
+        .group_by(Product.content_hash)
+        .having(func.count() > 1)
+        .scalar_subquery()
+    )
+    groups: dict[str, list[str]] = defaultdict(list)
+    for product_id, digest in session.execute(
+        select(Product.id, Product.content_hash).where(Product.content_hash.in_(shared))
+    ):
+        groups[digest].append(product_id)
+    return sorted(sorted(ids) for ids in groups.values())
+
+
+def twins_of(session: Session, product_id: str) -> list[str]:
+    """The other products with ``product_id``'s photo, in id order."""
+    own = select(Product.content_hash).where(Product.id == product_id).scalar_subquery()
+    found = session.scalars(
+        select(Product.id).where(Product.content_hash == own, Product.id != product_id)
+    )
+    return sorted(found)
+
+
+def visible(session: Session, vectors: VectorSet) -> tuple[VectorSet, list[str]]:
+    """``vectors`` without the twins (all but the first of each same-photo group among its
+    ids), and the ids left out."""
+    present = set(vectors.ids)
+    hidden: list[str] = []
+    for group in photo_groups(session):
+        members = [pid for pid in group if pid in present]
+        hidden.extend(members[1:])
+    if not hidden:
+        return vectors, []
+    keep = np.ones(len(vectors.ids), dtype=bool)
+    keep[vectors.positions(hidden)] = False
+    ids = [pid for pid, kept in zip(vectors.ids, keep.tolist(), strict=True) if kept]
+    return VectorSet(ids, vectors.vectors[keep]), sorted(hidden)

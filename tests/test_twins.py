@@ -1,0 +1,164 @@
+"""Products filed with the very same photo never take lookalike places (core.twins): the first
+of a group stands for the photo, the others show its list and are named as "same photo as"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cli.in_process import index_catalogue
+from cli.main import main
+from core import twins
+from core.catalogue import read_catalogue
+from core.db import make_engine, make_sessionmaker
+from core.encoder import PixelEncoder
+from core.lookalikes import similar_products
+from core.models import Neighbour
+from core.neighbour_updates import delete_products, rebuild_lists, update_lists
+from core.neighbours import top_k
+from core.products import embed_pending, pending_products, sync_products
+from core.spaces import Space, load_space_vectors
+from migrations import upgrade
+from tests.conftest import in_process_context
+from tests.test_indexing import SQL, _colour_catalogue, _table
+
+K = 3
+
+
+def _twin(root: Path, source: str, twin: str) -> None:
+    shutil.copy(root / "images" / f"{source}.png", root / "images" / f"{twin}.png")
+
+
+def _expected(session: Session, space: Space) -> list[tuple[str, int, str, float]]:
+    """The table a rebuild gives: top-k among the products that stand for their photo."""
+    vectors, _ = twins.visible(session, load_space_vectors(session, space))
+    lists = top_k(vectors.vectors, K)
+    return sorted(
+        (pid, rank + 1, vectors.ids[pos], round(float(score), 5))
+        for pid, row, scores in zip(vectors.ids, lists.positions, lists.scores, strict=True)
+        for rank, (pos, score) in enumerate(zip(row, scores, strict=True))
+        if pos >= 0
+    )
+
+
+def _listed(session: Session) -> set[str]:
+    rows = session.execute(select(Neighbour.product_id, Neighbour.neighbour_id)).all()
+    return {a for a, _ in rows} | {b for _, b in rows}
+
+
+def _embed(session: Session, encoder: PixelEncoder) -> None:
+    for _ in embed_pending(session, encoder, pending_products(session, encoder.model_id), 4, 2):
+        pass
+
+
+def test_twins_take_no_places_and_follow_their_group(
+    db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
+) -> None:
+    root = _colour_catalogue(tmp_path, count=12)
+    _twin(root, "p03", "p12")
+    _twin(root, "p03", "p13")
+    context = in_process_context(pixel_encoder, neighbours=K, block_size=5, batch_size=4)
+    for _ in index_catalogue(context, db_session, read_catalogue(root).items):
+        pass
+    space = Space(pixel_encoder.model_id)
+    assert twins.photo_groups(db_session) == [["p03", "p12", "p13"]]
+    assert "p12" not in _listed(db_session) and "p13" not in _listed(db_session)
+    assert _table(db_session) == _expected(db_session, space)
+    assert len(_table(db_session)) == 12 * K
+
+    # A twin shows the list of the one standing for its photo, and the group apart.
+    _, own, same = similar_products(db_session, "p03")
+    _, twin_list, twin_same = similar_products(db_session, "p12")
+    assert [t.id for t in same] == ["p12", "p13"] and [t.id for t in twin_same] == ["p03", "p13"]
+    assert twin_list == own and {"p12", "p13", "p03"}.isdisjoint(n.product.id for n in own)
+    _, _, alone = similar_products(db_session, "p00")
+    assert alone == []
+
+    # The one standing for the photo goes: the next takes its place, exactly as a rebuild.
+    delete_products(db_session, ["p03"], space, SQL, K, 5)
+    assert "p12" in _listed(db_session) and "p13" not in _listed(db_session)
+    assert _table(db_session) == _expected(db_session, space)
+
+    # A twin that sorts first arrives later: it stands for the photo, p12 leaves every list.
+    _twin(root, "p12", "a12")
+    sync_products(db_session, read_catalogue(root).items)
+    _embed(db_session, pixel_encoder)
+    update_lists(db_session, space, SQL, K, 5)
+    assert "p12" not in _listed(db_session) and "a12" in _listed(db_session)
+    assert _table(db_session) == _expected(db_session, space)
+    rebuilt = _table(db_session)
+    assert rebuild_lists(db_session, space, SQL, K, 5) == 0
+    assert _table(db_session) == rebuilt
+
+
+@pytest.fixture
+def twins_app(tmp_path: Path, pixel_encoder: PixelEncoder) -> Iterator[tuple[Flask, str]]:
+    from web import create_app
+
+    root = _colour_catalogue(tmp_path, count=12)
+    _twin(root, "p03", "p12")
+    url = f"sqlite:///{tmp_path / 'twins.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    context = in_process_context(pixel_encoder, neighbours=K, block_size=5, batch_size=4)
+    with make_sessionmaker(engine)() as session:
+        for _ in index_catalogue(context, session, read_catalogue(root).items):
+            session.commit()
+        session.commit()
+    engine.dispose()
+    app = create_app({"database_url": url, "media_dir": tmp_path / "media"})
+    yield app, url
+    app.extensions["lookalike.engine"].dispose()
+
+
+def test_api_page_and_command_name_the_same_photo(twins_app: tuple[Flask, str]) -> None:
+    app, url = twins_app
+    client = app.test_client()
+    own = client.get("/api/products/p03/similar").get_json()
+    twin = client.get("/api/products/p12/similar").get_json()
+    assert [t["id"] for t in own["same_photo_as"]] == ["p12"]
+    assert [t["id"] for t in twin["same_photo_as"]] == ["p03"]
+    assert twin["product"]["id"] == "p12" and twin["neighbours"] == own["neighbours"]
+    assert len(own["neighbours"]) == K
+    assert "same_photo_as" not in client.get("/api/products/p00/similar").get_json()
+
+    page = client.get("/products/p12", headers={"Accept": "text/html"}).get_data(as_text=True)
+    assert "Same photo as" in page and "/products/p03" in page
+    assert page.count('class="card"') == K + 1
+    assert "Same photo as" not in client.get("/products/p00").get_data(as_text=True)
+
+    env = {"LOOKALIKE_DATABASE_URL": url}
+    result = CliRunner().invoke(main, ["same-photos", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"groups": [["p03", "p12"]]}
+    lines = CliRunner().invoke(main, ["similar", "p12"], env=env)
+    assert "same photo as p03" in lines.output
+
+
+def test_a_new_product_or_photo_moves_the_products_counter(db_session: Session) -> None:
+    """A new twin changes what its group's lookalikes name: the read cache must drop them."""
+    from core.models import Product
+    from core.neighbour_table import read_counter
+    from core.read_cache import PRODUCTS_COUNTER
+
+    def counter() -> int | None:
+        return read_counter(db_session, PRODUCTS_COUNTER)
+
+    before = counter()
+    db_session.add(Product(id="x1", meta={}, image_path="/x1.png", content_hash="a" * 64))
+    db_session.flush()
+    added = counter()
+    assert added is not None and before is not None and added > before
+    product = db_session.get_one(Product, "x1")
+    product.content_hash = "b" * 64
+    db_session.flush()
+    replaced = counter()
+    assert replaced is not None and replaced > added
