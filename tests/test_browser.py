@@ -288,6 +288,38 @@ def test_a_shopper_browses_walks_by_similarity_and_searches_by_photo(
     assert driver.find_element(By.TAG_NAME, "h1").text == rows[next_id]["productDisplayName"]
     assert len(cards(driver)) == 10
 
+    # The same photo filed again under another id: named apart, never a lookalike.
+    twin = f"copy-of-{TSHIRTS[0]}"
+    photo_bytes = (fashion_dev / "images" / f"{TSHIRTS[0]}.jpg").read_bytes()
+    response = client.post(
+        "/api/products",
+        content_type="multipart/form-data",
+        data={"images": [(io.BytesIO(photo_bytes), f"{twin}.jpg")]},
+    )
+    assert response.status_code == 202, response.get_json()
+    assert wait_job(client, response.get_json()["job_id"])["state"] == "succeeded"
+
+    def shows_twin(d: WebDriver) -> bool:  # the read cache lets a page lag 1 s behind
+        d.get(live_server + f"/products/{TSHIRTS[0]}")
+        return bool(d.find_elements(By.ID, "same-photo-title"))
+
+    wait_for(driver, shows_twin, 10)
+    same = cards(driver, "ol[aria-label='Same photo']")
+    assert [c.find_element(By.CLASS_NAME, "card-id").text for c in same] == [f"#{twin}"]
+    listed = cards(driver, "ol[aria-label='Lookalikes']")
+    assert len(listed) == 10 and twin not in driver.find_element(
+        By.CSS_SELECTOR, "ol[aria-label='Lookalikes']"
+    ).get_attribute("innerHTML")
+    check_photos(driver)
+    assert_readable(driver)
+    screenshot(driver, shots, "product-same-photo")
+    same[0].find_element(By.TAG_NAME, "a").click()
+    wait_for(driver, lambda d: d.current_url.endswith(f"/products/{twin}"))
+    assert len(cards(driver, "ol[aria-label='Lookalikes']")) == 10
+    assert f"/products/{TSHIRTS[0]}" in driver.find_element(
+        By.CSS_SELECTOR, "ol[aria-label='Same photo']"
+    ).get_attribute("innerHTML")
+
     # Reading works with JavaScript off.
     driver.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
     driver.get(live_server + f"/products/{SHOES[0]}")

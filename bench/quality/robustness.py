@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,16 +37,24 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from sqlalchemy.orm import Session
 
+from cli.in_process import InProcessQueue, index_catalogue
 from core import nuisance
-from core.catalogue import read_catalogue
-from core.encoder import VGG16Encoder, l2_normalise
-from core.evaluation import evaluate_lists
+from core.catalogue import CatalogueItem, read_catalogue
+from core.context import Context
+from core.db import make_engine
+from core.encoder import VGG16Encoder, l2_normalise, load_encoder
+from core.evaluation import evaluate_lists, stored_lists
 from core.images import load_rgb
 from core.model_spec import resolve_spec
 from core.neighbours import NO_NEIGHBOUR, search, top_k
 from core.projection import Projection, fit_projection
 from core.settings import Settings, get_settings
+from core.space_reader import SqlSpaceReader
+from core.submissions import submit_add_products
+from core.uploads import Upload
+from migrations import upgrade
 
 K = 10
 LABEL = "articleType"
@@ -109,6 +118,7 @@ class Photos:
     ids: list[str]
     paths: list[Path]
     labels: dict[str, str]
+    items: list[CatalogueItem]
 
 
 def read_photos(root: Path) -> Photos:
@@ -117,7 +127,7 @@ def read_photos(root: Path) -> Photos:
     labels = {
         item.product_id: str(item.meta[LABEL]) for item in catalogue.items if item.meta.get(LABEL)
     }
-    return Photos(ids, [item.path for item in catalogue.items], labels)
+    return Photos(ids, [item.path for item in catalogue.items], labels, catalogue.items)
 
 
 class Embedder:
@@ -247,7 +257,12 @@ def _lists(ids: Sequence[str], positions: np.ndarray) -> dict[str, list[str]]:
 
 
 def score(name: str, photos: Photos, vectors: np.ndarray, low: np.ndarray | None) -> CatalogueRow:
-    positions = top_k(vectors, K).positions
+    return _score_lists(name, photos, top_k(vectors, K).positions, low)
+
+
+def _score_lists(
+    name: str, photos: Photos, positions: np.ndarray, low: np.ndarray | None
+) -> CatalogueRow:
     lists = _lists(photos.ids, positions)
     whole = evaluate_lists(name, lists, photos.labels, LABEL, K)
     if low is None:
@@ -256,7 +271,7 @@ def score(name: str, photos: Photos, vectors: np.ndarray, low: np.ndarray | None
         )
     is_low = np.zeros(len(photos.ids), dtype=bool)
     is_low[low] = True
-    neighbour_low = is_low[positions]
+    neighbour_low = is_low[positions]  # NO_NEIGHBOUR (-1) never occurs: lists are full
     ids = np.array(photos.ids)
     part = {
         side: evaluate_lists(
@@ -360,6 +375,57 @@ def markdown(result: dict[str, Any], label: str) -> str:
     return "\n".join(lines)
 
 
+def through_jobs(
+    settings: Settings, photos: Photos, workdir: Path, log: Callable[[str], None]
+) -> CatalogueRow:
+    """The mixed catalogue as a merchandiser builds it, through the system's own jobs: the
+    full-resolution half indexed (``lookalike index``'s in-process job, SQLite), then the 60x80
+    half uploaded as an add job would take them from ``POST /api/products``, 100 a request;
+    scored from the stored lists."""
+    count = len(photos.ids)
+    low = np.sort(np.random.default_rng(SEED).permutation(count)[: count // 2])
+    is_low = np.zeros(count, dtype=bool)
+    is_low[low] = True
+    job_settings = settings.model_copy(
+        update={"database_url": f"sqlite:///{workdir / 'jobs.db'}", "media_dir": workdir / "media"}
+    )
+    upgrade(job_settings.database_url)
+    engine = make_engine(job_settings.database_url)
+    queue = InProcessQueue()
+    context = Context.create(
+        job_settings, queue, spaces=SqlSpaceReader(), encoder=load_encoder(settings)
+    )
+    started = time.perf_counter()
+    with Session(engine) as session:
+        full = [item for item, small in zip(photos.items, is_low, strict=True) if not small]
+        for _ in index_catalogue(context, session, full):
+            pass
+        uploads = [
+            Upload(
+                f"{item.product_id}.jpg",
+                thumbnail(load_rgb(item.path, settings.max_image_pixels)),
+                item.product_id,
+                item.meta,
+            )
+            for item, small in zip(photos.items, is_low, strict=True)
+            if small
+        ]
+        for start in range(0, len(uploads), 100):
+            submit_add_products(context, session, uploads[start : start + 100])
+            for _ in queue.run(context, session):
+                pass
+        lists, spaces = stored_lists(session)
+    engine.dispose()
+    log(f"through jobs: {time.perf_counter() - started:.0f} s, space {sorted(spaces)}")
+    positions = np.full((count, K), NO_NEIGHBOUR, dtype=np.int64)
+    at = {pid: pos for pos, pid in enumerate(photos.ids)}
+    for pid, neighbours in lists.items():
+        positions[at[pid], : len(neighbours)] = [at[n] for n in neighbours[:K]]
+    return _score_lists(
+        "mixed (thumbnail 60x80), small half added through add jobs", photos, positions, low
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("catalogue", type=Path, help="a Kaggle-layout folder (fashion-dev)")
@@ -372,6 +438,11 @@ def main() -> None:
         "--small", type=Path, help="fashion-small (unpacked): its own 60x80 photos of the same ids"
     )
     parser.add_argument("--json", type=Path, help="write the rows here as JSON")
+    parser.add_argument(
+        "--through-jobs",
+        action="store_true",
+        help="also build the incremental mixed catalogue through the real index and add jobs",
+    )
     args = parser.parse_args()
     settings = get_settings()
     photos = read_photos(args.catalogue)
@@ -387,7 +458,7 @@ def main() -> None:
     if args.small:
         kaggle = catalogue_rows(settings, embedder, photos, KAGGLE, say)
         catalogues += [row for row in kaggle if not row.catalogue.startswith("uniform")]
-    result = {
+    result: dict[str, Any] = {
         "model_id": embedder.spec.model_id,
         "pca_dims": settings.pca_dims,
         "source_dims": settings.source_dims,
@@ -396,6 +467,11 @@ def main() -> None:
         "catalogues": [asdict(row) for row in catalogues],
         "images_per_second": embedder.images / embedder.seconds if embedder.seconds else None,
     }
+    if args.through_jobs:
+        with tempfile.TemporaryDirectory() as workdir:
+            row = through_jobs(settings, photos, Path(workdir), say)
+        say(f"catalogue {row}")
+        result["catalogues"].append(asdict(row))
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text)
