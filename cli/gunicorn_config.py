@@ -5,6 +5,11 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+# gunicorn's default access line, with the time taken and the request's id (web.request_ids).
+access_log_format = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(L)ss request=%({x-request-id}o)s'
+)
+
 
 def post_worker_init(worker: Any) -> None:
     """Once the app is loaded in a worker process, move everything it holds so far (modules,
@@ -13,3 +18,21 @@ def post_worker_init(worker: Any) -> None:
     milliseconds to an unlucky request (BENCHMARKS.md, the read path's tail)."""
     gc.collect()
     gc.freeze()
+
+
+def on_starting(server: Any) -> None:
+    """The app's own loggers (root) and gunicorn's error and access logs in
+    ``LOOKALIKE_LOG_FORMAT``, each line with its request id (``core.logs``); workers inherit
+    this when they fork."""
+    import logging
+
+    from core import logs
+    from core.settings import get_settings
+
+    fmt = get_settings().log_format
+    handler = logs.configure(fmt, logging.INFO)
+    for name in ("gunicorn.error", "gunicorn.access"):
+        for gunicorn_handler in logging.getLogger(name).handlers:
+            gunicorn_handler.setFormatter(handler.formatter)
+            for found in handler.filters:
+                gunicorn_handler.addFilter(found)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from sqlalchemy.orm import Session
 
+from core import logs
 from core.catalogue import CatalogueItem
 from core.context import Context
 from core.job_steps import run_step
@@ -36,10 +37,11 @@ class InProcessQueue:
         commit, with the step it belongs to."""
         while self._calls:
             call = self._calls.popleft()
-            for _ in run_step(context, session, call):
+            with logs.job_context(str(call.args[0])):
+                for _ in run_step(context, session, call):
+                    session.commit()
+                    yield call
                 session.commit()
-                yield call
-            session.commit()
             yield call
 
 

@@ -8,16 +8,14 @@ table, then summarised from the job's result.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 from sqlalchemy.orm import Session
-from tqdm import tqdm
 
 from cli.in_process import index_catalogue
+from cli.progress import Progress
 from cli.session import command_context, sessions
 from core.catalogue import Catalogue, read_catalogue
 from core.context import Context
@@ -82,15 +80,12 @@ def _run_here(context: Context, session: Session, catalogue: Catalogue, refit: b
     """The embedded default: every step in this process, a progress bar after each batch."""
     click.echo(f"model {context.encoder.model_id}")
     job: Job | None = None
-    bar: tqdm[Any] | None = None
+    bar = Progress("embedding")
     try:
         for job in index_catalogue(
             context, session, catalogue.items, source=str(catalogue.root), refit=refit
         ):
-            if bar is None:
-                bar = tqdm(total=job.total, unit="img", desc="embedding", file=sys.stderr)
-            bar.n = job.done
-            bar.refresh()
+            bar.update(job.done, job.total)
     except BaseException as exc:
         session.rollback()
         if job is not None:
@@ -98,8 +93,7 @@ def _run_here(context: Context, session: Session, catalogue: Catalogue, refit: b
             session.commit()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     assert job is not None, "index_catalogue yields the job first"
     return job
 
@@ -119,18 +113,18 @@ def _run_on_workers(context: Context, session: Session, catalogue: Catalogue, re
 
 def _follow(session: Session, job_id: str, poll: float = 0.5) -> Job:
     """Show a job's progress from the jobs table until it ends."""
-    with tqdm(unit="img", desc="embedding", file=sys.stderr) as bar:
+    bar = Progress("embedding")
+    try:
         while True:
             session.expire_all()
             job = get_job(session, job_id)
-            bar.total = job.total
-            bar.n = job.done
-            bar.set_postfix(state=state_of(job).shown, refresh=False)
-            bar.refresh()
+            bar.update(job.done, job.total, state_of(job).shown)
             if state_of(job).finished:
                 break
             time.sleep(poll)
         session.commit()
+    finally:
+        bar.close()
     return job
 
 

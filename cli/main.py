@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from cli.evaluate import evaluate
 from cli.index import index
 from cli.session import sessions
+from core import logs
 from core.errors import JobNotFound, LookalikeError
 from core.jobs import recent_jobs
 from core.lookalikes import similar_products
@@ -48,13 +49,10 @@ class _DomainError(click.ClickException):
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Lookalike: visual-similarity search for product catalogues."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    settings = get_settings()
+    logs.configure(settings.log_format, logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    ctx.obj = get_settings()
+    ctx.obj = settings
 
 
 main.add_command(index)

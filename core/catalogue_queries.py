@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Select, Text, case, cast, func, null, sele
 from sqlalchemy.orm import Session
 
 from core.errors import InvalidRequest
-from core.jobs import JobState, recent_jobs, state_of
+from core.jobs import JobKind, JobState, recent_jobs, state_of
 from core.models import ImageError, Job, Product
 
 # The metadata columns a shopper filters by, in the order shown, when a catalogue has them
@@ -130,7 +130,8 @@ def catalogue_filters(
 def browse_products(
     session: Session, filters: Mapping[str, str], page: int, per_page: int
 ) -> ProductPage:
-    """One page of products, in id order, whose metadata equals every value in ``filters``.
+    """One page of products, in natural id order (``p2`` before ``p10``), whose metadata
+    equals every value in ``filters``.
 
     A page past the end is moved back to the last page, so a stale link still shows products.
     """
@@ -140,7 +141,9 @@ def browse_products(
     result.page = min(result.page, result.pages)
     result.items = list(
         session.scalars(
-            query.order_by(Product.id).offset((result.page - 1) * per_page).limit(per_page)
+            query.order_by(Product.sort_key, Product.id)
+            .offset((result.page - 1) * per_page)
+            .limit(per_page)
         )
     )
     return result
@@ -168,9 +171,57 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+@dataclass
+class JobPage:
+    """One page of the jobs, newest first, of a state and a kind (None: any)."""
+
+    items: list[JobView]
+    page: int
+    per_page: int
+    total: int
+    state: JobState | None = None
+    kind: JobKind | None = None
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def jobs_page(
+    session: Session,
+    page: int,
+    per_page: int,
+    state: JobState | None = None,
+    kind: JobKind | None = None,
+) -> JobPage:
+    """Jobs newest first, ``per_page`` at a time, each with its per-image errors; ``state`` as
+    the pages show it (running includes finalising). A page past the end shows the last."""
+    query = select(Job)
+    if state is not None:
+        stored = [s.value for s in JobState if s.shown is state]
+        query = query.where(Job.state.in_(stored))
+    if kind is not None:
+        query = query.where(Job.kind == kind.value)
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    result = JobPage([], max(1, page), per_page, total, state, kind)
+    result.page = min(result.page, result.pages)
+    jobs = list(
+        session.scalars(
+            query.order_by(Job.created_at.desc(), Job.id)
+            .offset((result.page - 1) * per_page)
+            .limit(per_page)
+        )
+    )
+    result.items = _with_errors(session, jobs)
+    return result
+
+
 def jobs_with_errors(session: Session, limit: int = 30) -> list[JobView]:
     """The most recent jobs, newest first, each with its per-image errors (two queries)."""
-    jobs = recent_jobs(session, limit)
+    return _with_errors(session, recent_jobs(session, limit))
+
+
+def _with_errors(session: Session, jobs: list[Job]) -> list[JobView]:
     errors: dict[str | None, list[ImageError]] = defaultdict(list)
     if jobs:
         for error in session.scalars(

@@ -18,6 +18,7 @@ from core.images import ImageSource, load_pixels
 from core.model_spec import ModelSpec, resolve_spec
 from core.pooling import pooling_function
 from core.settings import Settings
+from core.tf_noise import quiet_start
 
 if TYPE_CHECKING:
     import keras
@@ -90,6 +91,11 @@ class VGG16Encoder:
 
     def __init__(self, spec: ModelSpec, max_pixels: int) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with quiet_start():
+            self._build(spec, max_pixels)
+        log.info("loaded encoder %s (%d dimensions)", self.model_id, self.dim)
+
+    def _build(self, spec: ModelSpec, max_pixels: int) -> None:
         import keras
         from keras.applications import vgg16
 
@@ -130,7 +136,8 @@ class VGG16Encoder:
             None if pooling == "none" else pooling_function(pooling) for pooling in spec.poolings
         ]
         self.dim = sum(int(output.shape[-1]) for output in outputs)
-        log.info("loaded encoder %s (%d dimensions)", self.model_id, self.dim)
+        # The first call builds the graph (and prints, the first time, what quiet_start hides).
+        self._model.predict_on_batch(np.zeros((1, size, size, 3), dtype=np.uint8))
 
     @property
     def model_id(self) -> str:

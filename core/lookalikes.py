@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from core.db import DriverStatement
 from core.errors import NotIndexed, ProductNotFound
-from core.models import Embedding, Neighbour, Product
+from core.models import Embedding, ImageError, Neighbour, Product
 from core.twins import twins_of
 
 
@@ -92,12 +92,27 @@ def similar_products(
         if neighbours:
             break
     if not neighbours:
-        count = session.scalar(
-            select(func.count()).select_from(Embedding).where(Embedding.product_id == product_id)
-        )
-        reason = "it has no vector yet" if not count else "its list has not been built yet"
-        raise NotIndexed(f"product {product_id!r} has no neighbours: {reason}")
+        raise NotIndexed(f"product {product_id!r} has no neighbours: {_why(session, product)}")
     return product, neighbours, _summaries(session, same_photo)
+
+
+def _why(session: Session, product: Product) -> str:
+    """Why a product has no list, plainly: its photo failed (and how), waits, or is embedded
+    and only its list is still to come."""
+    count = session.scalar(
+        select(func.count()).select_from(Embedding).where(Embedding.product_id == product.id)
+    )
+    if count:
+        return "its list has not been built yet"
+    failed = session.scalars(
+        select(ImageError.message)
+        .where(ImageError.product_id == product.id, ImageError.path == product.image_path)
+        .order_by(ImageError.id.desc())
+        .limit(1)
+    ).first()
+    if failed:
+        return f"it has no vector: its photo could not be indexed ({failed})"
+    return "it has no vector yet: its photo is waiting to be embedded"
 
 
 @dataclass
@@ -118,12 +133,12 @@ def product_with_lookalikes(session: Session, product_id: str) -> ProductView:
     """
     try:
         product, neighbours, same_photo = similar_products(session, product_id)
-    except NotIndexed as exc:
+    except NotIndexed:
         product_or_none = session.get(Product, product_id)
         if product_or_none is None:  # deleted between the two reads
             raise ProductNotFound(product_id) from None
         same = _summaries(session, twins_of(session, product_id))
-        return ProductView(product_or_none, [], exc.message, same)
+        return ProductView(product_or_none, [], _why(session, product_or_none), same)
     return ProductView(product, neighbours, same_photo=same_photo)
 
 

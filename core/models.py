@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,22 @@ PRODUCT_ID_LENGTH = 128
 MODEL_ID_LENGTH = 255
 
 
+# Digit runs padded to this many digits in a product's sort key: numbers up to 10^20 sort as
+# numbers ("2" before "10"), whatever letters surround them.
+_DIGITS = 20
+_DIGIT_RUN = re.compile(r"\d+")
+
+
+def natural_key(product_id: str) -> str:
+    """The key products are listed by: the id with every run of digits left-padded with zeros,
+    so that ``p2`` comes before ``p10`` and ``1855`` before ``10000``."""
+    return _DIGIT_RUN.sub(lambda run: run[0].zfill(_DIGITS), product_id)
+
+
+def _sort_key_default(context: Any) -> str:
+    return natural_key(context.get_current_parameters()["id"])
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -49,13 +66,18 @@ class Product(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     image_path: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64))
+    # Set from the id on insert (ids never change): the catalogue's listing order.
+    sort_key: Mapped[str] = mapped_column(Text, default=_sort_key_default, server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
 
     # Products filed with the same photo are found by it (core.twins).
-    __table_args__ = (Index("ix_products_content_hash", "content_hash"),)
+    __table_args__ = (
+        Index("ix_products_content_hash", "content_hash"),
+        Index("ix_products_sort_key", "sort_key"),
+    )
 
     @property
     def name(self) -> str | None:

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         "the catalogue's own photos when the projection is fitted, so that photo sources do not "
         "decide the neighbours (0: off). Part of the projection's tag.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Logs as text lines, or one JSON object per line (time, level, logger, "
+        "message, job_id, request_id) for a log pipeline.",
+    )
     batch_size: int = Field(default=16, ge=1, description="Images per model call.")
     decode_workers: int = Field(default=2, ge=1, description="Threads that decode images.")
     neighbours: int = Field(default=10, ge=1, description="k: neighbours kept per product.")

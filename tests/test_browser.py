@@ -123,6 +123,11 @@ def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: fl
         pytest.fail(f"timed out on {driver.current_url}:\n{driver.page_source[-3000:]}")
 
 
+def job_rows(driver: WebDriver) -> list[WebElement]:
+    """The rows of the jobs table."""
+    return driver.find_elements(By.CSS_SELECTOR, "tr.job")
+
+
 def cards(driver: WebDriver, within: str = "main") -> list[WebElement]:
     return driver.find_elements(By.CSS_SELECTOR, f"{within} li.card")
 
@@ -251,6 +256,8 @@ def test_a_shopper_browses_walks_by_similarity_and_searches_by_photo(
     check_photos(driver)
     assert_readable(driver)
     screenshot(driver, shots, "catalogue")
+    label = driver.find_element(By.CSS_SELECTOR, "label[for='filter-articleType']")
+    assert label.text == "Article type"
     Select(driver.find_element(By.ID, "filter-articleType")).select_by_value("Tshirts")
     driver.find_element(By.CSS_SELECTOR, "form.filters button").click()
     wait_for(driver, lambda d: "articleType=Tshirts" in d.current_url)
@@ -430,6 +437,18 @@ def test_a_merchandiser_adds_photos_and_watches_the_job(
     assert "1 photo failed" in errors and "oversized" in errors
     assert_readable(driver)
     screenshot(driver, shots, "jobs")
+    # Filtered by kind and state from the page's own form: the add job only, then none.
+    shown = len(driver.find_elements(By.CSS_SELECTOR, "tr.job"))
+    Select(driver.find_element(By.ID, "filter-kind")).select_by_value("add_products")
+    driver.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    wait_for(driver, lambda d: "kind=add_products" in d.current_url)
+    kinds = {r.find_element(By.CLASS_NAME, "kind").text for r in job_rows(driver)}
+    assert kinds == {"Add products"} and len(job_rows(driver)) <= shown
+    Select(driver.find_element(By.ID, "filter-state")).select_by_value("failed")
+    driver.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    wait_for(driver, lambda d: "state=failed" in d.current_url)
+    assert not job_rows(driver) and "No jobs match" in driver.find_element(By.TAG_NAME, "main").text
+    assert_readable(driver)
 
     # The new product has its name, and its lookalikes among the others.
     driver.get(live_server + "/products/white-tee")

@@ -65,6 +65,12 @@ def test_index_similar_and_errors_on_the_embedded_default(
     assert f"embedded {len(SAMPLE_IDS)}" in indexed.stdout
     assert "4 failed" in indexed.stdout
     assert "4 images have no styles.csv row" in indexed.stderr
+    # A log file, not a terminal: progress as log lines, and none of TensorFlow's start-up
+    # noise (oneDNN, no CUDA driver, the cuInit error) on a machine without a GPU.
+    assert "\r" not in indexed.stderr and "lookalike.progress: embedding" in indexed.stderr
+    for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "cudart_stub"):
+        assert noise not in indexed.stderr, indexed.stderr
+    assert "[job=" in indexed.stderr
 
     similar = _lookalike(workdir, "similar", "2049")
     assert similar.returncode == 0, similar.stderr

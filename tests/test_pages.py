@@ -24,6 +24,7 @@ from core.catalogue_queries import browse_products, catalogue_filters, jobs_with
 from core.db import make_engine, make_sessionmaker
 from core.encoder import PixelEncoder
 from core.errors import ProductNotFound
+from core.jobs import JobKind, JobState, create_job
 from core.lookalikes import product_with_lookalikes
 from core.models import Product
 from migrations import upgrade
@@ -145,6 +146,7 @@ def test_catalogue_queries(db_session: Session, catalogue: Path) -> None:
     assert [n.rank for n in view.neighbours] == list(range(1, 11)) and view.reason is None
     broken = product_with_lookalikes(db_session, "broken")
     assert broken.neighbours == [] and "no vector" in (broken.reason or "")
+    assert "its photo could not be indexed (truncated image" in (broken.reason or "")
     with pytest.raises(ProductNotFound):
         product_with_lookalikes(db_session, "nope")
 
@@ -226,6 +228,11 @@ def test_product_page_shows_lookalikes_with_scores(pages: FlaskClient, catalogue
 
     lone = page(pages, "/products/lone")
     assert "No lookalikes yet" in lone and "no vector yet" in lone
+    assert "waiting to be embedded" in lone
+    broken = page(pages, "/products/broken")
+    assert "its photo could not be indexed (truncated image" in broken
+    # Metadata names read as words.
+    assert "<dt>Article type</dt>" in html and "<dt>Base colour</dt>" in html
     assert Tags(lone).all("img", alt="Product lone")  # no name: the alt text says which
 
 
@@ -275,3 +282,67 @@ def test_pages_answer_errors_in_html_and_the_api_in_json(pages: FlaskClient) -> 
         assert set(response.get_json()["error"]) == {"code", "message"}, url
     response = pages.get("/api/products?page=0", headers=BROWSER)
     assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_request"
+
+
+def test_products_list_in_natural_id_order(db_session: Session) -> None:
+    ids = ["10000", "1855", "2", "p10", "p2", "a-1", "10", "p2b", "x"]
+    for pid in ids:
+        db_session.add(Product(id=pid, meta={}, image_path=f"/{pid}.jpg", content_hash=pid))
+    db_session.flush()
+    listed = browse_products(db_session, {}, page=1, per_page=50)
+    assert [p.id for p in listed.items] == [
+        "2",
+        "10",
+        "1855",
+        "10000",
+        "a-1",
+        "p2",
+        "p2b",
+        "p10",
+        "x",
+    ]
+
+
+def test_the_sort_key_migration_fills_existing_products(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0007")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        for pid in ("10", "9"):
+            connection.execute(
+                text(
+                    "INSERT INTO products (id, meta, image_path, content_hash, created_at, "
+                    "updated_at) VALUES (:id, '{}', '/x', :id, '2026-01-01', '2026-01-01')"
+                ),
+                {"id": pid},
+            )
+    upgrade(url)
+    with make_sessionmaker(engine)() as session:
+        assert [p.id for p in browse_products(session, {}, 1, 10).items] == ["9", "10"]
+    engine.dispose()
+
+
+def test_jobs_page_pages_and_filters(pages: FlaskClient, pages_app: Flask) -> None:
+    with pages_app.extensions["lookalike.sessions"]() as session:
+        for n in range(35):
+            job = create_job(session, JobKind.SEARCH, {}, total=1)
+            if n % 5 == 0:
+                job.state = JobState.FAILED.value
+                job.error = f"failed number {n}"
+        session.commit()
+    first = page(pages, "/jobs")
+    assert "36 jobs" in first and "Page 1 of 2" in first and first.count('class="job"') == 30
+    assert 'rel="next" href="/jobs?page=2"' in first
+    second = page(pages, "/jobs?page=2")
+    assert second.count('class="job"') == 6 and "Index" in second  # the oldest: the index job
+    failed = page(pages, "/jobs?state=failed&kind=search")
+    assert "7 jobs" in failed and failed.count('class="job"') == 7
+    assert failed.count("state-failed") == 7 and '<option value="failed" selected>' in failed
+    index = page(pages, "/jobs?kind=index")
+    assert re.search(r">1 job\s*·", index)
+    assert index.count('class="job"') == 1
+    # A mangled filter shows every job, as a mangled page number shows the first page.
+    assert "36 jobs" in page(pages, "/jobs?state=sideways&kind=nothing&page=x")
+    assert "No jobs match" in page(pages, "/jobs?state=running")

@@ -4,6 +4,7 @@ service functions (``core.submissions``) record jobs and hand them to the queue.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ from core.uploads import Upload
 from web.headers import stored_image_type
 from web.openapi import openapi_document
 
+log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")
 
@@ -86,6 +88,8 @@ def same_origin() -> bool:
 
 
 def accepted(job: Job, **extra: Any) -> Any:
+    # The line that ties a request (its id, core.logs) to the job it queued.
+    log.info("queued %s job %s (%d)", job.kind, job.id, job.total, extra={"job_id": job.id})
     body = {"job_id": job.id, "status_url": url_for("api.job_status", job_id=job.id), **extra}
     return jsonify(body), 202, {"Location": body["status_url"]}
 

@@ -7,7 +7,9 @@ API from the browser and poll the job it returns.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -16,10 +18,13 @@ from core.catalogue_queries import (
     FILTER_FIELDS,
     browse_products,
     catalogue_filters,
-    jobs_with_errors,
+    jobs_page,
 )
+from core.jobs import JobKind, JobState
 from core.lookalikes import product_with_lookalikes
 from web.api import db, settings
+
+_E = TypeVar("_E", bound=StrEnum)
 
 bp = Blueprint("pages", __name__)
 
@@ -50,6 +55,22 @@ def format_seconds(value: float | None) -> str:
         return f"{value:.1f} s"
     minutes, seconds = divmod(round(value), 60)
     return f"{minutes} min {seconds:02d} s"
+
+
+@bp.app_template_filter("field_label")
+def field_label(name: str) -> str:
+    """A metadata column as a reader says it: ``articleType`` -> "Article type",
+    ``base_colour`` -> "Base colour"; an acronym stays (``SKU`` -> "SKU")."""
+    words = _WORD.findall(name.replace("_", " ").replace("-", " "))
+    if not words:
+        return name
+    shown = [
+        "ID" if w.lower() == "id" else w if w.isupper() and len(w) > 1 else w.lower() for w in words
+    ]
+    return " ".join(shown)[:1].upper() + " ".join(shown)[1:]
+
+
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 @bp.app_template_global()
@@ -122,4 +143,16 @@ def add_products() -> str:
 
 @bp.get("/jobs")
 def jobs() -> str:
-    return render_template("jobs.html", jobs=jobs_with_errors(db(), JOBS_SHOWN), limit=JOBS_SHOWN)
+    # Unknown values fall back to "any", like a mangled page number: the page still shows.
+    state = _choice(JobState, request.args.get("state", ""))
+    kind = _choice(JobKind, request.args.get("kind", ""))
+    listing = jobs_page(db(), _whole_number("page", 1, 10**9), JOBS_SHOWN, state, kind)
+    states = [s for s in JobState if s.shown is s]
+    return render_template("jobs.html", listing=listing, states=states, kinds=list(JobKind))
+
+
+def _choice(kind: type[_E], raw: str) -> _E | None:
+    try:
+        return kind(raw) if raw else None
+    except ValueError:
+        return None

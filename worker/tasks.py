@@ -10,6 +10,7 @@ from celery import Task, shared_task
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from core import logs
 from core.errors import JobNotFound
 from core.job_steps import run_step
 from core.jobs import JobStep, StepCall, fail_job
@@ -36,7 +37,8 @@ class JobTask(Task):
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         job_id = args[0] if args else kwargs.get("job_id")
-        log.error("task failed job=%s task=%s error=%s", job_id, self.name, exc)
+        with logs.job_context(job_id):
+            log.error("task failed job=%s task=%s error=%s", job_id, self.name, exc)
         try:
             with get_context().session() as session:
                 fail_job(session, job_id, f"{type(exc).__name__}: {exc}")
@@ -47,7 +49,7 @@ class JobTask(Task):
 
 def _run(step: JobStep, *args: str | int) -> None:
     context = get_context()
-    with context.session() as session:
+    with logs.job_context(str(args[0])), context.session() as session:
         for _ in run_step(context, session, StepCall(step, args)):
             session.commit()
         session.commit()
