@@ -9,8 +9,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Select, Text, case, cast, func, null, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    null,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from core.errors import InvalidRequest
 from core.jobs import JobKind, JobState, recent_jobs, state_of
@@ -62,6 +76,49 @@ def _field(name: str) -> ColumnElement[str | None]:
 def _filtered(query: Select[tuple[Product]], filters: Mapping[str, str]) -> Select[tuple[Product]]:
     for name, value in filters.items():
         query = query.where(_field(name) == value)
+    return query
+
+
+# Longest name search taken, in characters (a search box, not a document).
+MAX_QUERY = 200
+
+
+def search_words(query: str) -> list[str]:
+    """The words of a name search, case-folded as ``search_text`` is (``core.models``)."""
+    return query.casefold().split()
+
+
+def like_pattern(word: str) -> str:
+    """``%word%`` for LIKE with ``\\`` as the escape: the word's own % and _ match themselves."""
+    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _matching(
+    session: Session, query: Select[tuple[Product]], words: Sequence[str]
+) -> Select[tuple[Product]]:
+    """Products whose text metadata holds every word (anywhere: "polo" finds "Polos"), through
+    each database's trigram index: pg_trgm's GIN index on ``search_text`` answers
+    ``LIKE '%word%'``; SQLite's FTS5 trigram table ``products_search`` (migration 0009) answers
+    a quoted phrase ``MATCH``, the same substring test. Words under three characters have no
+    trigram: both then scan (PostgreSQL its index, SQLite the table)."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    for n, word in enumerate(words):
+        name = f"word_{n}"
+        if not sqlite:
+            pattern: BindParameter[str] = bindparam(name, like_pattern(word))
+            query = query.where(Product.search_text.like(pattern, escape="\\"))
+            continue
+        if len(word) >= 3:
+            phrase = '"' + word.replace('"', '""') + '"'
+            hits = text(
+                f"SELECT rowid FROM products_search WHERE products_search MATCH :{name}"
+            ).bindparams(bindparam(name, phrase))
+        else:
+            hits = text(
+                f"SELECT rowid FROM products_search WHERE search_text LIKE :{name} ESCAPE '\\'"
+            ).bindparams(bindparam(name, like_pattern(word)))
+        query = query.where(literal_column("products.rowid").in_(hits))
     return query
 
 
@@ -128,20 +185,20 @@ def catalogue_filters(
 
 
 def browse_products(
-    session: Session, filters: Mapping[str, str], page: int, per_page: int
+    session: Session, filters: Mapping[str, str], page: int, per_page: int, query: str = ""
 ) -> ProductPage:
     """One page of products, in natural id order (``p2`` before ``p10``), whose metadata
-    equals every value in ``filters``.
+    equals every value in ``filters`` and whose text metadata holds every word of ``query``.
 
     A page past the end is moved back to the last page, so a stale link still shows products.
     """
-    query = _filtered(select(Product), filters)
-    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    selected = _matching(session, _filtered(select(Product), filters), search_words(query))
+    total = int(session.scalar(select(func.count()).select_from(selected.subquery())) or 0)
     result = ProductPage([], max(1, page), per_page, total)
     result.page = min(result.page, result.pages)
     result.items = list(
         session.scalars(
-            query.order_by(Product.sort_key, Product.id)
+            selected.order_by(Product.sort_key, Product.id)
             .offset((result.page - 1) * per_page)
             .limit(per_page)
         )

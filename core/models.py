@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -45,6 +46,16 @@ def natural_key(product_id: str) -> str:
     return _DIGIT_RUN.sub(lambda run: run[0].zfill(_DIGITS), product_id)
 
 
+def search_text_of(meta: dict[str, Any] | None) -> str:
+    """What a name search looks in: every text or number value of the metadata (the name,
+    type, colour...), case-folded, one space apart. Keys are left out: a search for "gender"
+    should not find every product."""
+    values = (meta or {}).values()
+    shown = (str(v) for v in values if isinstance(v, str | int | float) and not isinstance(v, bool))
+    # NUL separates words too: PostgreSQL's text cannot hold it (rows stored before the checks).
+    return " ".join(" ".join(shown).replace("\x00", " ").casefold().split())
+
+
 def _sort_key_default(context: Any) -> str:
     return natural_key(context.get_current_parameters()["id"])
 
@@ -68,6 +79,9 @@ class Product(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     # Set from the id on insert (ids never change): the catalogue's listing order.
     sort_key: Mapped[str] = mapped_column(Text, default=_sort_key_default, server_default="")
+    # Kept equal to search_text_of(meta) on every ORM write (the listeners below); searched
+    # through a trigram index on PostgreSQL and an FTS5 trigram table on SQLite (migration 0009).
+    search_text: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -232,3 +246,9 @@ class ListWrite(Base):
     counter: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     previous: Mapped[int] = mapped_column(BigInteger)
     product_ids: Mapped[list[str]] = mapped_column(JSON)
+
+
+@event.listens_for(Product, "before_insert")
+@event.listens_for(Product, "before_update")
+def _keep_search_text(_mapper: Any, _connection: Any, product: Product) -> None:
+    product.search_text = search_text_of(product.meta)

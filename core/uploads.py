@@ -15,7 +15,7 @@ from core.errors import InvalidImage, InvalidMetadata, InvalidProductId, Rejecte
 from core.images import verify_image
 from core.media import StoredImage, store
 from core.metadata import validate_metadata, validate_product_id
-from core.models import Product
+from core.models import Product, search_text_of
 
 
 def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> str:
@@ -65,6 +65,7 @@ def _insert_new(
         "meta": meta,
         "image_path": str(image.path),
         "content_hash": image.content_hash,
+        "search_text": search_text_of(meta),  # a Core insert: no ORM listener runs
     }
     statement = insert(table).values(**values).on_conflict_do_nothing().returning(table.c.id)
     return session.execute(statement).first() is not None
@@ -205,6 +206,7 @@ def take_back(
             }
             if metadata and old.meta is not None:
                 values["meta"] = old.meta
+                values["search_text"] = search_text_of(old.meta)  # no ORM listener here
             result = session.execute(update(Product).where(mine).values(**values))
             if result.rowcount:  # type: ignore[attr-defined]
                 restored.append(pid)

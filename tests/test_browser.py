@@ -265,6 +265,21 @@ def test_a_shopper_browses_walks_by_similarity_and_searches_by_photo(
     names = {c.find_element(By.CLASS_NAME, "card-name").text for c in cards(driver)}
     assert names == {rows[pid]["productDisplayName"] for pid in tees}
 
+    # Find by name: the search box, every word anywhere in the text metadata.
+    driver.get(live_server + "/")
+    box = driver.find_element(By.ID, "search-q")
+    box.send_keys("adidas", Keys.ENTER)
+    wait_for(driver, lambda d: "q=adidas" in d.current_url)
+    named = {c.find_element(By.CLASS_NAME, "card-name").text for c in cards(driver)}
+    wanted = {
+        rows[pid]["productDisplayName"]
+        for pid in SAMPLE_IDS
+        if any("adidas" in str(v).casefold() for k, v in rows[pid].items() if k != "id")
+    }
+    assert named == wanted and len(wanted) >= 2
+    assert driver.find_element(By.ID, "search-q").get_attribute("value") == "adidas"
+    assert_readable(driver)
+
     # The keyboard alone: the first Tab reaches the skip link; the go-to box takes an id.
     driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
     assert driver.switch_to.active_element.text == "Skip to content"

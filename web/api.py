@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, g, jsonify, request, send_file, url_fo
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.catalogue_queries import browse_products, check_filters
+from core.catalogue_queries import MAX_QUERY, browse_products, check_filters
 from core.context import Context
 from core.errors import (
     CrossSiteRequest,
@@ -225,9 +225,12 @@ def _positive_int(name: str, default: int, most: int) -> int:
 def list_products() -> Any:
     page = _positive_int("page", 1, 10**9)
     per_page = _positive_int("per_page", 50, 500)
-    filters = {k: v for k, v in request.args.items() if k not in ("page", "per_page")}
+    filters = {k: v for k, v in request.args.items() if k not in ("page", "per_page", "q")}
     check_filters(db(), filters)
-    found = browse_products(db(), filters, page, per_page)
+    query = request.args.get("q", "")
+    if len(query) > MAX_QUERY or "\x00" in query:
+        raise InvalidRequest(f"q must be at most {MAX_QUERY} characters, without NUL")
+    found = browse_products(db(), filters, page, per_page, query)
     image_url = image_urls()
     return jsonify(
         {

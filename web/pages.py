@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from core.catalogue_queries import (
     FILTER_FIELDS,
+    MAX_QUERY,
     browse_products,
     catalogue_filters,
     jobs_page,
@@ -88,13 +89,16 @@ def catalogue() -> str:
         if (value := request.args.get(name, "")) and "\x00" not in value
     }
     per_page = _whole_number("per_page", PER_PAGE, MOST_PER_PAGE)
+    # Too long or with a NUL: searched for without the excess, as a mangled filter is dropped.
+    query = request.args.get("q", "").replace("\x00", "")[:MAX_QUERY].strip()
     session = db()
-    listing = browse_products(session, filters, _whole_number("page", 1, 10**9), per_page)
+    listing = browse_products(session, filters, _whole_number("page", 1, 10**9), per_page, query)
     return render_template(
         "catalogue.html",
         listing=listing,
         filters=catalogue_filters(session),
         chosen=filters,
+        query=query,
         per_page=per_page if per_page != PER_PAGE else None,
     )
 
