@@ -37,6 +37,9 @@ class ProductSummary:
 
     id: str
     meta: dict[str, Any]
+    # The photo's content hash where the read had it (the pages' thumbnail addresses); the
+    # storefront's hot path leaves it out.
+    photo: str | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str | None:
@@ -53,23 +56,27 @@ class SimilarProduct:
 
 def _stored_list(session: Session, product_id: str) -> list[SimilarProduct]:
     rows = session.execute(
-        select(Neighbour.rank, Neighbour.score, Product.id, Product.meta)
+        select(Neighbour.rank, Neighbour.score, Product.id, Product.meta, Product.content_hash)
         .join(Product, Product.id == Neighbour.neighbour_id)
         .where(Neighbour.product_id == product_id)
         .order_by(Neighbour.rank)
     ).all()
     return [
-        SimilarProduct(rank, ProductSummary(pid, meta or {}), score)
-        for rank, score, pid, meta in rows
+        SimilarProduct(rank, ProductSummary(pid, meta or {}, photo), score)
+        for rank, score, pid, meta, photo in rows
     ]
 
 
 def _summaries(session: Session, product_ids: list[str]) -> list[ProductSummary]:
     if not product_ids:
         return []
-    query = select(Product.id, Product.meta).where(Product.id.in_(product_ids))
-    rows: dict[str, Any] = {pid: meta for pid, meta in session.execute(query)}
-    return [ProductSummary(pid, rows[pid] or {}) for pid in product_ids if pid in rows]
+    query = select(Product.id, Product.meta, Product.content_hash).where(
+        Product.id.in_(product_ids)
+    )
+    rows: dict[str, Any] = {pid: (meta, photo) for pid, meta, photo in session.execute(query)}
+    return [
+        ProductSummary(pid, rows[pid][0] or {}, rows[pid][1]) for pid in product_ids if pid in rows
+    ]
 
 
 def similar_products(

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from core.db import in_chunks
 from core.jobs import JobState
 from core.models import Job, Product
+from core.thumbnails import WIDTHS, thumbnail_path
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,10 @@ def remove_unreferenced(
         removed.append(path)
         with contextlib.suppress(OSError):
             path.parent.rmdir()  # the two-letter shard, once empty
+        # Its thumbnails too (named by the same content hash, core.thumbnails); made again on
+        # demand if another product still has these bytes.
+        for width in WIDTHS:
+            thumbnail_path(media_dir, path.stem, width).unlink(missing_ok=True)
     if removed:
         log.info("media removed files=%d", len(removed))
     return removed

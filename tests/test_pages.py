@@ -5,6 +5,7 @@ while the API keeps its JSON errors."""
 from __future__ import annotations
 
 import csv
+import io
 import re
 import shutil
 from collections import Counter
@@ -16,6 +17,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from cli.in_process import index_catalogue
@@ -203,7 +205,9 @@ def test_product_page_shows_lookalikes_with_scores(pages: FlaskClient, catalogue
     tags = Tags(html)
     name = rows[product_id]["productDisplayName"]
     assert f"<h1>{escape(name)}</h1>" in html
-    assert tags.all("img", src=f"/images/{product_id}", alt=name)
+    (photo,) = [i for i in tags.all("img", alt=name) if i["class"] == "product-photo"]
+    assert (photo["src"] or "").startswith(f"/images/{product_id}?w=240&v=")
+    assert " 2x" in (photo["srcset"] or "") and "w=480" in (photo["srcset"] or "")
     for field in ("gender", "articleType", "baseColour", "season"):
         assert rows[product_id][field] in html
     # The breadcrumb narrows the catalogue one level at a time.
@@ -218,10 +222,26 @@ def test_product_page_shows_lookalikes_with_scores(pages: FlaskClient, catalogue
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
     # The bar is the cosine as a share of its width; below zero (pixel vectors can be) it is empty.
     assert widths == pytest.approx([max(s, 0) * 100 for s in scores], abs=0.06)
+    cards = Tags(lookalikes).all("img")
     for pid in hrefs:
-        alts = [img["alt"] for img in Tags(lookalikes).all("img", src=f"/images/{pid}")]
+        alts = [i["alt"] for i in cards if (i["src"] or "").startswith(f"/images/{pid}?w=180&v=")]
         assert alts == [rows[pid]["productDisplayName"]]
     assert pages.get(f"/images/{hrefs[0]}").status_code == 200
+
+    # The thumbnail a card shows: WebP, 180 wide, made once, cached for a year by its address.
+    src = next(i["src"] for i in cards if (i["src"] or "").startswith(f"/images/{hrefs[0]}?"))
+    first = pages.get(src)
+    assert first.status_code == 200 and first.mimetype == "image/webp"
+    assert "max-age=31536000" in first.headers["Cache-Control"]
+    assert "immutable" in first.headers["Cache-Control"] and first.headers["ETag"]
+    with Image.open(io.BytesIO(first.data)) as thumb:
+        assert thumb.width == 180 and thumb.format == "WEBP"
+    again = pages.get(src, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and not again.data
+    loose = pages.get(f"/images/{hrefs[0]}?w=360")  # no version: an hour, not a year
+    assert loose.status_code == 200 and "max-age=3600" in loose.headers["Cache-Control"]
+    for bad in ("181", "0", "x", "99999999999999"):
+        assert pages.get(f"/images/{hrefs[0]}?w={bad}").status_code == 400
 
     # Walk on: a lookalike's own page lists its own lookalikes.
     assert 'aria-label="Lookalikes"' in page(pages, f"/products/{hrefs[0]}")

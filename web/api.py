@@ -13,11 +13,13 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import NotFound
 
 from core.catalogue_queries import MAX_QUERY, browse_products, check_filters
 from core.context import Context
 from core.errors import (
     CrossSiteRequest,
+    InvalidImage,
     InvalidRequest,
     ProductNotFound,
     Unauthorized,
@@ -28,6 +30,7 @@ from core.metadata import parse_metadata
 from core.models import ImageError, Job, Product
 from core.settings import Settings
 from core.submissions import submit_add_products, submit_delete, submit_search
+from core.thumbnails import MEDIA_TYPE, check_width, thumbnail
 from core.uploads import Upload
 from web.headers import stored_image_type
 from web.openapi import openapi_document
@@ -261,9 +264,34 @@ def delete_product(product_id: str) -> Any:
 
 @bp.get("/images/<product_id>")
 def product_image(product_id: str) -> Any:
+    """The stored photo, or with ``w`` a WebP thumbnail that wide (``core.thumbnails``). With
+    ``v``, the start of the photo's content hash as the pages give it, the address names one
+    photo for good, so it may be cached for a year; without, for an hour."""
     product = _product(product_id)
-    mimetype = stored_image_type(product.image_path)
-    return send_file(product.image_path, mimetype=mimetype, max_age=3600)
+    version = request.args.get("v", "")
+    pinned = bool(version) and product.content_hash.startswith(version)
+    max_age = YEAR if pinned else 3600
+    raw_width = request.args.get("w")
+    if raw_width is None:
+        mimetype = stored_image_type(product.image_path)
+        return send_file(product.image_path, mimetype=mimetype, max_age=max_age)
+    width = check_width(int(raw_width) if _WHOLE_NUMBER.fullmatch(raw_width) else -1)
+    s = settings()
+    try:
+        path = thumbnail(
+            s.media_dir, product.image_path, product.content_hash, width, s.max_image_pixels
+        )
+    except InvalidImage:
+        raise NotFound("this product's stored photo can no longer be read") from None
+    response = send_file(
+        path, mimetype=MEDIA_TYPE, max_age=max_age, etag=f"{product.content_hash[:16]}-{width}"
+    )
+    if pinned:
+        response.cache_control.immutable = True
+    return response
+
+
+YEAR = 365 * 24 * 3600
 
 
 @bp.get("/api/openapi.json")
