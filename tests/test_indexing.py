@@ -51,6 +51,11 @@ def _colour_catalogue(root: Path, count: int = 12) -> Path:
     return root
 
 
+def embed_all_pending(session: Session, encoder: PixelEncoder) -> None:
+    for _ in embed_pending(session, encoder, pending_products(session, encoder.model_id), 4, 2):
+        pass
+
+
 def _run(session: Session, encoder: PixelEncoder, root: Path) -> IndexSummary:
     items = read_catalogue(root).items
     context = in_process_context(encoder, neighbours=K, block_size=5, batch_size=4)
@@ -68,7 +73,11 @@ def _table(session: Session) -> list[tuple[str, int, str, float]]:
 
 
 def _expected(session: Session, space: Space) -> list[tuple[str, int, str, float]]:
-    vectors = load_space_vectors(session, space)
+    return table_of(load_space_vectors(session, space))
+
+
+def table_of(vectors: VectorSet) -> list[tuple[str, int, str, float]]:
+    """The table a rebuild gives for these vectors."""
     lists = top_k(vectors.vectors, K)
     return sorted(
         (pid, rank + 1, vectors.ids[pos], round(float(score), 5))
@@ -220,10 +229,7 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
 
     # Adds keep the same projection, and stay exact with respect to it.
     sync_products(db_session, later)
-    for _ in embed_pending(
-        db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
-    ):
-        pass
+    embed_all_pending(db_session, pixel_encoder)
     wanted = ProjectionSettings(dims=4, power=0.5)
     assert resolve_space(db_session, pixel_encoder.model_id, wanted) == space
     update_lists(db_session, space, SQL, K, 4)

@@ -19,12 +19,12 @@ from core.encoder import PixelEncoder, VGG16Encoder, l2_normalise
 from core.job_steps import IndexSummary
 from core.models import Neighbour, ProjectionRecord
 from core.neighbour_updates import update_lists
-from core.products import embed_pending, pending_products, sync_products
+from core.products import sync_products
 from core.projection import Projection, fit_projection
 from core.spaces import Space, projection_of
 from migrations import upgrade
 from tests.conftest import in_process_context, make_catalogue
-from tests.test_indexing import SQL, _colour_catalogue, _expected, _table
+from tests.test_indexing import SQL, _colour_catalogue, _expected, _table, embed_all_pending
 
 K = 3
 
@@ -93,10 +93,7 @@ def test_index_and_adds_use_the_projection_with_its_source_directions(
 
     # Adds are projected with the stored basis, and the update stays exact in its space.
     sync_products(db_session, later)
-    for _ in embed_pending(
-        db_session, pixel_encoder, pending_products(db_session, pixel_encoder.model_id), 4, 2
-    ):
-        pass
+    embed_all_pending(db_session, pixel_encoder)
     update_lists(db_session, space, SQL, K, 4)
     assert _table(db_session) == _expected(db_session, space)
     # A later job finds the stored projection: no second fit.

@@ -23,12 +23,11 @@ from core.encoder import PixelEncoder
 from core.lookalikes import similar_products
 from core.models import Neighbour
 from core.neighbour_updates import delete_products, rebuild_lists, update_lists
-from core.neighbours import top_k
-from core.products import embed_pending, pending_products, sync_products
+from core.products import sync_products
 from core.spaces import Space, load_space_vectors
 from migrations import upgrade
 from tests.conftest import in_process_context
-from tests.test_indexing import SQL, _colour_catalogue, _table
+from tests.test_indexing import SQL, _colour_catalogue, _table, embed_all_pending, table_of
 
 K = 3
 
@@ -39,24 +38,12 @@ def _twin(root: Path, source: str, twin: str) -> None:
 
 def _expected(session: Session, space: Space) -> list[tuple[str, int, str, float]]:
     """The table a rebuild gives: top-k among the products that stand for their photo."""
-    vectors, _ = twins.visible(session, load_space_vectors(session, space))
-    lists = top_k(vectors.vectors, K)
-    return sorted(
-        (pid, rank + 1, vectors.ids[pos], round(float(score), 5))
-        for pid, row, scores in zip(vectors.ids, lists.positions, lists.scores, strict=True)
-        for rank, (pos, score) in enumerate(zip(row, scores, strict=True))
-        if pos >= 0
-    )
+    return table_of(twins.visible(session, load_space_vectors(session, space))[0])
 
 
 def _listed(session: Session) -> set[str]:
     rows = session.execute(select(Neighbour.product_id, Neighbour.neighbour_id)).all()
     return {a for a, _ in rows} | {b for _, b in rows}
-
-
-def _embed(session: Session, encoder: PixelEncoder) -> None:
-    for _ in embed_pending(session, encoder, pending_products(session, encoder.model_id), 4, 2):
-        pass
 
 
 def test_twins_take_no_places_and_follow_their_group(
@@ -90,7 +77,7 @@ def test_twins_take_no_places_and_follow_their_group(
     # A twin that sorts first arrives later: it stands for the photo, p12 leaves every list.
     _twin(root, "p12", "a12")
     sync_products(db_session, read_catalogue(root).items)
-    _embed(db_session, pixel_encoder)
+    embed_all_pending(db_session, pixel_encoder)
     update_lists(db_session, space, SQL, K, 5)
     assert "p12" not in _listed(db_session) and "a12" in _listed(db_session)
     assert _table(db_session) == _expected(db_session, space)
