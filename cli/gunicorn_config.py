@@ -36,3 +36,13 @@ def on_starting(server: Any) -> None:
             gunicorn_handler.setFormatter(handler.formatter)
             for found in handler.filters:
                 gunicorn_handler.addFilter(found)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A gunicorn worker's gauges leave /metrics with it (prometheus_client multiprocess)."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

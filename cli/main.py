@@ -163,11 +163,24 @@ def jobs(settings: Settings, limit: int) -> None:
 @main.command()
 @click.option("--concurrency", "-c", default=1, show_default=True, help="Worker processes.")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--metrics-port",
+    default=0,
+    show_default=True,
+    help="Serve Prometheus metrics of this worker's processes on this port (0: off).",
+)
 @click.pass_obj
-def worker(settings: Settings, concurrency: int, loglevel: str) -> None:
+def worker(settings: Settings, concurrency: int, loglevel: str, metrics_port: int) -> None:
     """Start a Celery worker (each process loads the model once, at start)."""
     from worker.app import create_celery
 
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        from core import metrics
+
+        fresh_metrics_dir()  # before any pool process counts anything
+        start_http_server(metrics_port, registry=metrics.registry())
     upgrade(settings.database_url)
     app = create_celery(settings)
     app.worker_main(
@@ -273,10 +286,33 @@ def serve(
         )
     upgrade(settings.database_url)
     options = gunicorn_options(worker_class, workers, threads, connections, access_log)
+    # One /metrics for all gunicorn workers: each writes its values here (core.metrics).
+    fresh_metrics_dir()
     os.execvp(
         sys.executable,
         [sys.executable, "-m", "gunicorn", *options, "--bind", bind, "web:create_app()"],
     )
+
+
+def fresh_metrics_dir() -> str:
+    """``PROMETHEUS_MULTIPROC_DIR`` for the processes this command starts: the operator's,
+    emptied, or a new temporary folder."""
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder, exist_ok=True)
+    else:
+        folder = tempfile.mkdtemp(prefix="lookalike-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    # prometheus_client picks its value store when first imported (this command's imports did
+    # that already): pick again, so metrics made from now on, here and in forks, write there.
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return folder
 
 
 def is_loopback_bind(bind: str) -> bool:

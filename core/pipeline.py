@@ -11,6 +11,7 @@ from itertools import islice
 
 import numpy as np
 
+from core import metrics
 from core.encoder import ImageEncoder
 from core.errors import InvalidImage
 from core.images import ImageSource
@@ -66,9 +67,9 @@ def _prepare_batch(encoder: ImageEncoder, chunk: list[tuple[str, ImageSource]]) 
 def _embed(encoder: ImageEncoder, prepared: _Prepared) -> EmbeddedBatch:
     if prepared.inputs is None:
         return EmbeddedBatch([], np.zeros((0, 0), np.float32), prepared.failures)
-    return EmbeddedBatch(
-        prepared.product_ids, encoder.embed_batch(prepared.inputs), prepared.failures
-    )
+    with metrics.work().embedding_seconds.time():
+        vectors = encoder.embed_batch(prepared.inputs)
+    return EmbeddedBatch(prepared.product_ids, vectors, prepared.failures)
 
 
 def embed_images(

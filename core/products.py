@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import and_, delete, select
 from sqlalchemy.orm import Session
 
+from core import metrics
 from core.catalogue import CatalogueItem, content_hash
 from core.db import in_chunks, upsert
 from core.encoder import ImageEncoder
@@ -153,6 +154,9 @@ def embed_pending(
     job_id: str | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Embed ``items`` and store each batch; yields after each batch so the caller can commit."""
+    counted = metrics.work()
     for batch in embed_images(encoder, items, batch_size, workers):
         store_batch(session, encoder.model_id, batch, job_id)
+        counted.photos_embedded.inc(len(batch.product_ids))
+        counted.photos_failed.inc(len(batch.failures))
         yield batch

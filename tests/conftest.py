@@ -173,12 +173,14 @@ class Workers:
         self.logs = logs
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int = 1, **extra_env: str) -> list[subprocess.Popen[bytes]]:
+    def start(
+        self, count: int = 1, args: tuple[str, ...] = (), **extra_env: str
+    ) -> list[subprocess.Popen[bytes]]:
         started = []
         for _ in range(count):
             log = self.logs / f"worker-{len(self.processes)}.log"
             process = subprocess.Popen(
-                [sys.executable, "-m", "cli", "worker", "--concurrency", "1"],
+                [sys.executable, "-m", "cli", "worker", "--concurrency", "1", *args],
                 env={**self.env, **extra_env},
                 cwd=ROOT,
                 stdout=log.open("wb"),

@@ -22,7 +22,11 @@ def _compose() -> dict[str, Any]:
 def test_services_and_volumes() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "nginx"}
+    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "nginx", "flower"}
+    # Flower is there to be run (a profile), on the broker the workers use, never public.
+    flower = services["flower"]
+    assert flower["profiles"] == ["ops"] and "--broker=redis://redis:6379/0" in flower["command"]
+    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     for name in ("web", "worker"):
         assert "media:/data/media" in services[name]["volumes"]
@@ -47,6 +51,7 @@ def test_nginx_is_the_only_way_in() -> None:
     config = (ROOT / "deploy" / "nginx.conf").read_text()
     assert f"server web:{port};" in config and f"listen {port};" in config
     assert "proxy_request_buffering on;" in config
+    assert "location = /metrics {\n            return 404;" in config
 
 
 def test_commands_are_documented_lookalike_commands() -> None:

@@ -68,11 +68,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if session is not None:
             session.close()
 
-    from web import api, errors, headers, pages, request_ids
+    from web import api, errors, headers, metrics, pages, request_ids
 
     errors.register(app)
     headers.register(app)
     request_ids.register(app)
+    metrics.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     return app

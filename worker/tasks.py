@@ -10,7 +10,7 @@ from celery import Task, shared_task
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from core import logs
+from core import logs, metrics
 from core.errors import JobNotFound
 from core.job_steps import run_step
 from core.jobs import JobStep, StepCall, fail_job
@@ -49,10 +49,21 @@ class JobTask(Task):
 
 def _run(step: JobStep, *args: str | int) -> None:
     context = get_context()
-    with logs.job_context(str(args[0])), context.session() as session:
-        for _ in run_step(context, session, StepCall(step, args)):
+    counted = metrics.work()
+    name = step.value.removeprefix("lookalike.")  # the task's name without its namespace
+    outcome = "failed"
+    try:
+        with (
+            counted.job_step_seconds.labels(name).time(),
+            logs.job_context(str(args[0])),
+            context.session() as session,
+        ):
+            for _ in run_step(context, session, StepCall(step, args)):
+                session.commit()
             session.commit()
-        session.commit()
+        outcome = "done"
+    finally:
+        counted.job_steps.labels(name, outcome).inc()
 
 
 @shared_task(name=JobStep.INDEX_CHUNK.value, base=JobTask)
