@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -35,6 +36,9 @@ from core.models import ImageError, Job, Product
 FILTER_FIELDS = ("gender", "masterCategory", "articleType", "baseColour")
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class FilterOption:
     value: str
@@ -50,8 +54,10 @@ class Filter:
 
 
 @dataclass
-class ProductPage:
-    items: list[Product]
+class Page(Generic[T]):
+    """One page of a listing: its items, which page it is, and how many there are in all."""
+
+    items: list[T]
     page: int
     per_page: int
     total: int
@@ -59,6 +65,26 @@ class ProductPage:
     @property
     def pages(self) -> int:
         return max(1, -(-self.total // self.per_page))
+
+
+ProductPage = Page[Product]
+
+
+def _one_page(
+    session: Session,
+    query: Select[Any],
+    order: Sequence[Any],
+    page: int,
+    per_page: int,
+) -> Page[Any]:
+    """The rows of ``query`` on ``page``, counted first; a page past the end is moved back to
+    the last page, so a stale link still shows rows."""
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    found: Page[Any] = Page([], max(1, page), per_page, total)
+    found.page = min(found.page, found.pages)
+    offset = (found.page - 1) * per_page
+    found.items = list(session.scalars(query.order_by(*order).offset(offset).limit(per_page)))
+    return found
 
 
 # Metadata whose JSON text holds an escaped NUL: PostgreSQL fails a whole query that extracts
@@ -193,17 +219,7 @@ def browse_products(
     A page past the end is moved back to the last page, so a stale link still shows products.
     """
     selected = _matching(session, _filtered(select(Product), filters), search_words(query))
-    total = int(session.scalar(select(func.count()).select_from(selected.subquery())) or 0)
-    result = ProductPage([], max(1, page), per_page, total)
-    result.page = min(result.page, result.pages)
-    result.items = list(
-        session.scalars(
-            selected.order_by(Product.sort_key, Product.id)
-            .offset((result.page - 1) * per_page)
-            .limit(per_page)
-        )
-    )
-    return result
+    return _one_page(session, selected, (Product.sort_key, Product.id), page, per_page)
 
 
 @dataclass
@@ -229,19 +245,11 @@ def _aware(moment: datetime) -> datetime:
 
 
 @dataclass
-class JobPage:
+class JobPage(Page[JobView]):
     """One page of the jobs, newest first, of a state and a kind (None: any)."""
 
-    items: list[JobView]
-    page: int
-    per_page: int
-    total: int
     state: JobState | None = None
     kind: JobKind | None = None
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
 
 
 def jobs_page(
@@ -259,18 +267,9 @@ def jobs_page(
         query = query.where(Job.state.in_(stored))
     if kind is not None:
         query = query.where(Job.kind == kind.value)
-    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
-    result = JobPage([], max(1, page), per_page, total, state, kind)
-    result.page = min(result.page, result.pages)
-    jobs = list(
-        session.scalars(
-            query.order_by(Job.created_at.desc(), Job.id)
-            .offset((result.page - 1) * per_page)
-            .limit(per_page)
-        )
-    )
-    result.items = _with_errors(session, jobs)
-    return result
+    jobs: Page[Job] = _one_page(session, query, (Job.created_at.desc(), Job.id), page, per_page)
+    views = _with_errors(session, jobs.items)
+    return JobPage(views, jobs.page, per_page, jobs.total, state, kind)
 
 
 def jobs_with_errors(session: Session, limit: int = 30) -> list[JobView]:

@@ -21,6 +21,7 @@ from core.encoder import PixelEncoder
 from core.models import Neighbour, Product
 from core.neighbours import NO_NEIGHBOUR, top_k
 from core.pipeline import embed_images
+from core.products import photo_paths
 from core.vectors import VectorSet
 
 
@@ -114,10 +115,14 @@ def stored_lists(session: Session) -> tuple[dict[str, list[str]], set[str]]:
 
 
 def vector_lists(vectors: VectorSet, k: int, block_size: int = 2048) -> dict[str, list[str]]:
-    found = top_k(vectors.vectors, k, block_size)
+    return lists_of(vectors.ids, top_k(vectors.vectors, k, block_size).positions)
+
+
+def lists_of(ids: Sequence[str], positions: np.ndarray) -> dict[str, list[str]]:
+    """Neighbour positions (one row per id, NO_NEIGHBOUR for none) as lists of ids."""
     return {
-        pid: [vectors.ids[pos] for pos in row if pos != NO_NEIGHBOUR]
-        for pid, row in zip(vectors.ids, found.positions, strict=True)
+        pid: [ids[pos] for pos in row if pos != NO_NEIGHBOUR]
+        for pid, row in zip(ids, positions, strict=True)
     }
 
 
@@ -126,11 +131,7 @@ def pixel_vectors(
 ) -> VectorSet:
     """Raw-pixel vectors (16x16 thumbnails, centred) of products: the no-network baseline."""
     encoder = PixelEncoder(max_pixels)
-    paths = dict(
-        session.execute(
-            select(Product.id, Product.image_path).where(Product.id.in_(product_ids))
-        ).all()
-    )
+    paths = photo_paths(session, product_ids)
     ids: list[str] = []
     chunks: list[np.ndarray] = []
     items = [(pid, paths[pid]) for pid in sorted(paths)]

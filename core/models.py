@@ -60,6 +60,10 @@ def _sort_key_default(context: Any) -> str:
     return natural_key(context.get_current_parameters()["id"])
 
 
+def _search_text_default(context: Any) -> str:
+    return search_text_of(context.get_current_parameters().get("meta"))
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -79,9 +83,10 @@ class Product(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     # Set from the id on insert (ids never change): the catalogue's listing order.
     sort_key: Mapped[str] = mapped_column(Text, default=_sort_key_default, server_default="")
-    # Kept equal to search_text_of(meta) on every ORM write (the listeners below); searched
-    # through a trigram index on PostgreSQL and an FTS5 trigram table on SQLite (migration 0009).
-    search_text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # search_text_of(meta): set on every insert, ORM or Core (the default), and on every ORM
+    # update (the listener below); searched through a trigram index on PostgreSQL and an FTS5
+    # trigram table on SQLite (migration 0009).
+    search_text: Mapped[str] = mapped_column(Text, default=_search_text_default, server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -248,7 +253,6 @@ class ListWrite(Base):
     product_ids: Mapped[list[str]] = mapped_column(JSON)
 
 
-@event.listens_for(Product, "before_insert")
 @event.listens_for(Product, "before_update")
 def _keep_search_text(_mapper: Any, _connection: Any, product: Product) -> None:
     product.search_text = search_text_of(product.meta)

@@ -20,15 +20,13 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import in_chunks
 from core.encoder import ImageEncoder, l2_normalise
 from core.errors import InvalidImage
 from core.images import ImageSource, load_rgb
-from core.models import Product
 from core.pipeline import embed_images
+from core.products import photo_paths
 from core.vectors import VectorSet
 
 log = logging.getLogger(__name__)
@@ -87,10 +85,7 @@ def source_basis(
     again with ``encoder``, against their stored vectors. Photos that no longer decode are
     left out of the sample."""
     chosen = sample_ids(vectors.ids)
-    paths: dict[str, str] = {}
-    for chunk in in_chunks(chosen):
-        query = select(Product.id, Product.image_path).where(Product.id.in_(chunk))
-        paths.update((str(pid), str(path)) for pid, path in session.execute(query))
+    paths = photo_paths(session, chosen)
 
     def copies() -> Iterator[tuple[str, ImageSource]]:
         for pid in chosen:

@@ -145,6 +145,15 @@ def store_batch(
     record_failures(session, job_id, batch.failures)
 
 
+def photo_paths(session: Session, product_ids: Sequence[str]) -> dict[str, str]:
+    """Each of ``product_ids``' current photo path (products that are gone are left out)."""
+    paths: dict[str, str] = {}
+    for chunk in in_chunks(list(product_ids)):
+        query = select(Product.id, Product.image_path).where(Product.id.in_(chunk))
+        paths.update((str(pid), str(path)) for pid, path in session.execute(query))
+    return paths
+
+
 def embed_pending(
     session: Session,
     encoder: ImageEncoder,

@@ -65,7 +65,6 @@ def _insert_new(
         "meta": meta,
         "image_path": str(image.path),
         "content_hash": image.content_hash,
-        "search_text": search_text_of(meta),  # a Core insert: no ORM listener runs
     }
     statement = insert(table).values(**values).on_conflict_do_nothing().returning(table.c.id)
     return session.execute(statement).first() is not None

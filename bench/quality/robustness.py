@@ -30,7 +30,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from core.catalogue import CatalogueItem, read_catalogue
 from core.context import Context
 from core.db import make_engine
 from core.encoder import VGG16Encoder, l2_normalise, load_encoder
-from core.evaluation import evaluate_lists, stored_lists
+from core.evaluation import evaluate_lists, lists_of, stored_lists
 from core.images import load_rgb
 from core.model_spec import resolve_spec
 from core.neighbours import NO_NEIGHBOUR, search, top_k
@@ -249,13 +249,6 @@ class CatalogueRow:
     micro_full: float | None
 
 
-def _lists(ids: Sequence[str], positions: np.ndarray) -> dict[str, list[str]]:
-    return {
-        pid: [ids[p] for p in row if p != NO_NEIGHBOUR]
-        for pid, row in zip(ids, positions, strict=True)
-    }
-
-
 def score(name: str, photos: Photos, vectors: np.ndarray, low: np.ndarray | None) -> CatalogueRow:
     return _score_lists(name, photos, top_k(vectors, K).positions, low)
 
@@ -263,7 +256,7 @@ def score(name: str, photos: Photos, vectors: np.ndarray, low: np.ndarray | None
 def _score_lists(
     name: str, photos: Photos, positions: np.ndarray, low: np.ndarray | None
 ) -> CatalogueRow:
-    lists = _lists(photos.ids, positions)
+    lists = lists_of(photos.ids, positions)
     whole = evaluate_lists(name, lists, photos.labels, LABEL, K)
     if low is None:
         return CatalogueRow(
