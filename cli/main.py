@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from cli.evaluate import evaluate
 from cli.index import index
 from cli.session import sessions
-from core import logs
+from core import logs, partition
 from core.errors import JobNotFound, LookalikeError
 from core.jobs import recent_jobs
 from core.lookalikes import similar_products
@@ -66,7 +66,9 @@ main.add_command(evaluate)
 def similar(settings: Settings, product_id: str, as_json: bool) -> None:
     """Show the products that look most like PRODUCT_ID, with their scores."""
     with sessions(settings) as session:
-        product, neighbours, same_photo = similar_products(session, product_id)
+        found = similar_products(session, product_id)
+    product, neighbours, same_photo = found.product, found.stored.neighbours, found.same_photo
+    grouping = found.stored.partition
     if as_json:
         body: dict[str, object] = {
             "product": {**(product.meta or {}), "id": product.id},
@@ -77,9 +79,14 @@ def similar(settings: Settings, product_id: str, as_json: bool) -> None:
         }
         if same_photo:
             body["same_photo_as"] = [{**t.meta, "id": t.id} for t in same_photo]
+        if grouping:
+            body["grouping"] = partition.described(grouping, product.meta)
         click.echo(json.dumps(body, indent=2))
         return
     click.echo(f"{product.id}  {product.name or ''}".rstrip())
+    if grouping:
+        group = partition.described(grouping, product.meta)["group"]
+        click.echo("     within " + ", ".join(f"{c} = {v}" for c, v in group.items()))
     if same_photo:
         click.echo(f"     same photo as {', '.join(t.id for t in same_photo)}")
     for n in neighbours:

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import nuisance, twins
+from core import nuisance, partition, twins
 from core.context import Context
 from core.errors import InvalidImage, JobNotFound
 from core.jobs import (
@@ -72,9 +72,10 @@ def _space(context: Context, session: Session, **options: bool) -> Space:
             max_pixels=s.max_image_pixels,
         )
 
-    return resolve_space(
+    space = resolve_space(
         session, context.encoder.model_id, wanted, source_basis=source_basis, **options
     )
+    return space.grouped(s.partition_columns)
 
 
 # --- index: chunks embedded anywhere, then one finalise --------------------------------
@@ -270,7 +271,10 @@ def add_products(context: Context, session: Session, job_id: str) -> Commits:
     ]
     taken = take_back(session, job.params, failed, metadata=False)
     space = _space(context, session)
-    stale = job.params.get("replaced", [])
+    # A changed photo, or metadata that moved the product to another lookalike group.
+    former = {pid: photo.get("meta") for pid, photo in (job.params.get("previous") or {}).items()}
+    moved = partition.moved(session, space.partition, former)
+    stale = sorted(set(job.params.get("replaced", [])) | set(moved))
     written = update_lists(
         session, space, context.spaces, s.neighbours, s.block_size, stale_ids=stale
     )
@@ -353,7 +357,7 @@ def search_photo(context: Context, session: Session, job_id: str) -> Commits:
 def _nearest_products(
     context: Context, session: Session, space: Space, query: Any
 ) -> list[dict[str, Any]]:
-    vectors, _ = twins.visible(session, context.spaces.vectors(session, space))
+    vectors, _, _ = twins.visible(session, context.spaces.vectors(session, space))
     if not vectors.ids:
         return []
     s = context.settings

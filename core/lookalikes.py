@@ -28,6 +28,8 @@ from sqlalchemy.orm import Session
 from core.db import DriverStatement
 from core.errors import NotIndexed, ProductNotFound
 from core.models import Embedding, ImageError, Neighbour, Product
+from core.partition import key_of
+from core.spaces import Space
 from core.twins import twins_of
 
 
@@ -54,17 +56,40 @@ class SimilarProduct:
     score: float
 
 
-def _stored_list(session: Session, product_id: str) -> list[SimilarProduct]:
+@dataclass
+class StoredList:
+    """A stored list, best first, and the metadata columns it was grouped by (none: the whole
+    catalogue; ``core.partition``)."""
+
+    neighbours: list[SimilarProduct]
+    partition: tuple[str, ...] = ()
+
+
+def _stored_list(session: Session, product_id: str) -> StoredList:
     rows = session.execute(
-        select(Neighbour.rank, Neighbour.score, Product.id, Product.meta, Product.content_hash)
+        select(
+            Neighbour.rank,
+            Neighbour.score,
+            Product.id,
+            Product.meta,
+            Product.content_hash,
+            Neighbour.space_id,
+        )
         .join(Product, Product.id == Neighbour.neighbour_id)
         .where(Neighbour.product_id == product_id)
         .order_by(Neighbour.rank)
     ).all()
-    return [
-        SimilarProduct(rank, ProductSummary(pid, meta or {}, photo), score)
-        for rank, score, pid, meta, photo in rows
-    ]
+    return StoredList(
+        [
+            SimilarProduct(rank, ProductSummary(pid, meta or {}, photo), score)
+            for rank, score, pid, meta, photo, _ in rows
+        ],
+        _partition_of(rows[0][5] if rows else None),
+    )
+
+
+def _partition_of(space_id: str | None) -> tuple[str, ...]:
+    return Space.parse(space_id).partition if space_id else ()
 
 
 def _summaries(session: Session, product_ids: list[str]) -> list[ProductSummary]:
@@ -79,11 +104,19 @@ def _summaries(session: Session, product_ids: list[str]) -> list[ProductSummary]
     ]
 
 
-def similar_products(
-    session: Session, product_id: str
-) -> tuple[Product, list[SimilarProduct], list[ProductSummary]]:
+@dataclass
+class Listing:
+    """A product, its stored list, and the products filed with the same photo."""
+
+    product: Product
+    stored: StoredList
+    same_photo: list[ProductSummary]
+
+
+def similar_products(session: Session, product_id: str) -> Listing:
     """A product, its lookalikes, best first, and the products filed with the same photo
-    (``core.twins``: a twin is shown the list of the one that stands for their photo).
+    (``core.twins``: a twin is shown the list of the one that stands for their photo in its
+    lookalike group).
 
     Raises:
         ProductNotFound: no such product.
@@ -93,14 +126,24 @@ def similar_products(
     if product is None:
         raise ProductNotFound(product_id)
     same_photo = twins_of(session, product_id)
-    neighbours = _stored_list(session, product_id)
-    for twin in same_photo if not neighbours else []:
-        neighbours = _stored_list(session, twin)
-        if neighbours:
+    stored = _stored_list(session, product_id)
+    for twin in same_photo if not stored.neighbours else []:
+        theirs = _stored_list(session, twin)
+        if theirs.neighbours and _same_group(session, product, twin, theirs.partition):
+            stored = theirs
             break
-    if not neighbours:
+    if not stored.neighbours:
         raise NotIndexed(f"product {product_id!r} has no neighbours: {_why(session, product)}")
-    return product, neighbours, _summaries(session, same_photo)
+    return Listing(product, stored, _summaries(session, same_photo))
+
+
+def _same_group(
+    session: Session, product: Product, other_id: str, columns: tuple[str, ...]
+) -> bool:
+    if not columns:
+        return True
+    other = session.get(Product, other_id)
+    return other is not None and key_of(other.meta, columns) == key_of(product.meta, columns)
 
 
 def _why(session: Session, product: Product) -> str:
@@ -130,6 +173,7 @@ class ProductView:
     neighbours: list[SimilarProduct]
     reason: str | None = None
     same_photo: list[ProductSummary] = field(default_factory=list)
+    partition: tuple[str, ...] = ()  # the columns the list was grouped by
 
 
 def product_with_lookalikes(session: Session, product_id: str) -> ProductView:
@@ -139,26 +183,36 @@ def product_with_lookalikes(session: Session, product_id: str) -> ProductView:
         ProductNotFound: no such product.
     """
     try:
-        product, neighbours, same_photo = similar_products(session, product_id)
+        found = similar_products(session, product_id)
     except NotIndexed:
         product_or_none = session.get(Product, product_id)
         if product_or_none is None:  # deleted between the two reads
             raise ProductNotFound(product_id) from None
         same = _summaries(session, twins_of(session, product_id))
         return ProductView(product_or_none, [], _why(session, product_or_none), same)
-    return ProductView(product, neighbours, same_photo=same_photo)
+    return ProductView(
+        found.product,
+        found.stored.neighbours,
+        same_photo=found.same_photo,
+        partition=found.stored.partition,
+    )
 
 
 @dataclass
 class Lookalikes:
-    """A product's id and metadata, its stored list, best first, and its twins."""
+    """A product's id and metadata, its stored list, best first, its twins, and the columns the
+    list was grouped by."""
 
     product: ProductSummary
     neighbours: list[SimilarProduct]
     same_photo: list[ProductSummary] = field(default_factory=list)
+    partition: tuple[str, ...] = ()
 
 
-def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, str | None]]:
+_Row = tuple[int, float | None, str, str | None, str | None]
+
+
+def _lookalikes_statement() -> CompoundSelect[_Row]:
     products, neighbours = Product.__table__, Neighbour.__table__
     listed = products.alias("listed")
     twins = products.alias("twins")
@@ -174,12 +228,14 @@ def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, str 
             null().cast(Float).label("score"),
             products.c.id,
             cast(products.c.meta, Text).label("meta"),
+            null().cast(String).label("space_id"),
         ).where(products.c.id == product_id),
         select(
             neighbours.c.rank,
             neighbours.c.score,
             listed.c.id,
             cast(listed.c.meta, Text).label("meta"),
+            neighbours.c.space_id,
         )
         .join(listed, listed.c.id == neighbours.c.neighbour_id)
         .where(neighbours.c.product_id == product_id),
@@ -188,6 +244,7 @@ def _lookalikes_statement() -> CompoundSelect[tuple[int, float | None, str, str 
             null().cast(Float).label("score"),
             twins.c.id,
             cast(twins.c.meta, Text).label("meta"),
+            null().cast(String).label("space_id"),
         ).where(twins.c.content_hash == own_photo.scalar_subquery(), twins.c.id != product_id),
     ).order_by(literal_column("rank"), literal_column("id"))
 
@@ -227,14 +284,16 @@ class LookalikesReader:
             # Rare: a twin, or no list yet; the full read finds the twin's list, or says why
             # there is none (or finds one written meanwhile).
             return self._full_read(product_id)
-        (_, _, own_id, own_meta) = own[0]
+        (_, _, own_id, own_meta, _) = own[0]
         return Lookalikes(
             _summary(own_id, own_meta),
-            [SimilarProduct(rank, _summary(pid, meta), score) for rank, score, pid, meta in listed],
-            [_summary(pid, meta) for rank, _, pid, meta in rows if rank < 0],
+            [SimilarProduct(row[0], _summary(row[2], row[3]), row[1]) for row in listed],
+            [_summary(row[2], row[3]) for row in rows if row[0] < 0],
+            _partition_of(listed[0][4]),
         )
 
     def _full_read(self, product_id: str) -> Lookalikes:
         with self.engine.connect() as connection, Session(bind=connection) as session:
-            product, neighbours, same_photo = similar_products(session, product_id)
-        return Lookalikes(ProductSummary(product.id, product.meta or {}), neighbours, same_photo)
+            found = similar_products(session, product_id)
+            own = ProductSummary(found.product.id, found.product.meta or {})
+        return Lookalikes(own, found.stored.neighbours, found.same_photo, found.stored.partition)

@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from core import twins
+from core import partition, twins
 from core.db import in_chunks
 from core.list_ends import ListEnds
 from core.models import Product
@@ -52,8 +52,8 @@ def rebuild_lists(
         The number of lists written or removed.
     """
     before = lock_neighbour_table(session)
-    vectors, _ = twins.visible(session, reader.vectors(session, space))
-    fresh = top_k(vectors.vectors, k, block_size)
+    vectors, _, groups = _listed_rows(session, space, reader)
+    fresh = top_k(vectors.vectors, k, block_size, groups=groups)
     stored, untidy = read_lists(session, vectors, vectors.ids, space, k)
     # Lists with rows read as absent (another space's, say) count as changed too.
     rows = np.union1d(changed_rows(stored, fresh), vectors.positions_found(untidy))
@@ -109,24 +109,24 @@ def update_lists(
     """
     before = lock_neighbour_table(session)  # no other writer until this transaction ends
     stale = set(stale_ids)
-    vectors, hidden = twins.visible(session, reader.vectors(session, space))
+    vectors, hidden, groups = _listed_rows(session, space, reader)
     # A twin leaves every list it held (it may have stood for its photo until now).
     repair = (lists_mentioning(session, stale | set(hidden)) | set(repair_ids)) - stale
     stored_ends = reader.list_ends(session, space, k, before)
     ends = stored_ends.along(vectors)
-    plan = _plan(vectors, ends, stale, repair)
+    plan = _plan(vectors, ends, stale, repair, groups)
     delete_lists(session, plan.gone)
 
     ids = vectors.ids
     touched_ids = [ids[pos] for pos in plan.touched]
     current, untidy = read_lists(session, vectors, touched_ids, space, k)
     updated, _ = add_to_lists(
-        vectors.vectors, current, plan.touched, plan.new, k, block_size, new_lists=False
+        vectors.vectors, current, plan.touched, plan.new, k, block_size, False, groups
     )
     rows = changed_rows(current, updated)
     redo = np.flatnonzero(plan.recompute)
     redo_ids = [ids[pos] for pos in redo]
-    fresh = top_k(vectors.vectors, k, block_size, queries=redo)
+    fresh = top_k(vectors.vectors, k, block_size, queries=redo, groups=groups)
     stored, untidy_redo = read_lists(session, vectors, redo_ids, space, k)
 
     written_ids = [touched_ids[row] for row in rows] + redo_ids
@@ -139,7 +139,25 @@ def update_lists(
     return len(rows) + len(redo)
 
 
-def _plan(vectors: VectorSet, ends: ListEnds, stale: set[str], repair: set[str]) -> _Plan:
+def _listed_rows(
+    session: Session, space: Space, reader: SpaceReader
+) -> tuple[VectorSet, list[str], np.ndarray | None]:
+    """The rows lists are built from: the space's vectors without twins, the twins left out,
+    and each row's lookalike group (None: the space is not grouped)."""
+    every = reader.vectors(session, space)
+    groups = None
+    if space.partition:
+        groups = partition.group_numbers(session, every.ids, space.partition)
+    return twins.visible(session, every, groups)
+
+
+def _plan(
+    vectors: VectorSet,
+    ends: ListEnds,
+    stale: set[str],
+    repair: set[str],
+    groups: np.ndarray | None,
+) -> _Plan:
     ids = vectors.ids
     stale_here = vectors.positions_found(stale)
     gone = set(ends.elsewhere) | {ids[pos] for pos in stale_here[ends.listed[stale_here]]}
@@ -149,7 +167,7 @@ def _plan(vectors: VectorSet, ends: ListEnds, stale: set[str], repair: set[str])
     recompute[vectors.positions_found(repair)] = True
     new = np.flatnonzero(is_new)
     old = np.flatnonzero(~recompute)
-    touched = old[_may_enter(vectors.vectors, old, new, ends.floors[old])]
+    touched = old[_may_enter(vectors.vectors, old, new, ends.floors[old], groups)]
     return _Plan(new, recompute, touched, sorted(gone))
 
 
@@ -175,25 +193,43 @@ def _list_ends(
 
 
 def _may_enter(
-    vectors: np.ndarray, old: np.ndarray, new: np.ndarray, floors: np.ndarray
+    vectors: np.ndarray,
+    old: np.ndarray,
+    new: np.ndarray,
+    floors: np.ndarray,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Which of the ``old`` lists (last scores ``floors``) some ``new`` vector may enter.
+    """Which of the ``old`` lists (last scores ``floors``) some ``new`` vector (of the same
+    group, with ``groups``) may enter.
 
     A float32 bound, never an exact test: a list it passes is read and merged exactly, and one
     it rejects cannot change, since no newcomer comes within float32's error of its last entry.
     """
     if len(old) == 0 or len(new) == 0:
         return np.zeros(len(old), dtype=bool)
-    best = np.full(len(vectors), -np.inf, dtype=np.float32)
     x = np.asarray(vectors, dtype=np.float32)
+    if groups is None:
+        return np.asarray(_best_score(x, old, new) >= floors - _ENTER_SLACK)
+    enters = np.zeros(len(old), dtype=bool)
+    old_groups, new_groups = groups[old], groups[new]
+    for group in np.unique(new_groups):
+        rows = np.flatnonzero(old_groups == group)
+        best = _best_score(x, old[rows], new[new_groups == group])
+        enters[rows] = best >= floors[rows] - _ENTER_SLACK
+    return enters
+
+
+def _best_score(x: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Each ``old`` row's best float32 score against the ``new`` rows."""
+    best = np.full(len(old), -np.inf, dtype=np.float32)
     candidates = x[new]
     rows, cols = _ENTER_TILE
-    for r0 in range(0, len(x), rows):
-        block = x[r0 : r0 + rows]
+    for r0 in range(0, len(old), rows):
+        block = x[old[r0 : r0 + rows]]
         for c0 in range(0, len(new), cols):
             tile = block @ candidates[c0 : c0 + cols].T
             np.maximum(best[r0 : r0 + rows], tile.max(axis=1), out=best[r0 : r0 + rows])
-    return np.asarray(best[old] >= floors - _ENTER_SLACK)
+    return best
 
 
 def delete_products(

@@ -58,6 +58,7 @@ def top_k(
     block_size: int = 2048,
     queries: Sequence[int] | np.ndarray | None = None,
     candidates: Sequence[int] | np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> Neighbours:
     """Exact top-k cosine neighbours of ``queries`` among ``candidates``, never itself.
 
@@ -67,6 +68,8 @@ def top_k(
         block_size: queries per block handed to faiss.
         queries: positions to find neighbours for (default: all).
         candidates: positions that may be neighbours (default: all).
+        groups: a group number per row (``core.partition``): a query's neighbours then come
+            from its own group only (default: one group).
 
     Returns:
         Lists for each query, in the order of ``queries``.
@@ -74,7 +77,16 @@ def top_k(
     n = len(vectors)
     query_pos = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     cand_pos = np.arange(n) if candidates is None else np.asarray(candidates, dtype=np.int64)
-    return _search(vectors, query_pos, vectors, cand_pos, k, block_size)
+    if groups is None:
+        return _search(vectors, query_pos, vectors, cand_pos, k, block_size)
+    result = empty_lists(len(query_pos), k)
+    query_groups, cand_groups = groups[query_pos], groups[cand_pos]
+    for group in np.unique(query_groups):
+        rows = np.flatnonzero(query_groups == group)
+        within = cand_pos[cand_groups == group]
+        found = _search(vectors, query_pos[rows], vectors, within, k, block_size)
+        result.positions[rows], result.scores[rows] = found.positions, found.scores
+    return result
 
 
 def search(vectors: np.ndarray, queries: np.ndarray, k: int, block_size: int = 2048) -> Neighbours:
@@ -239,6 +251,7 @@ def add_to_lists(
     k: int,
     block_size: int = 2048,
     new_lists: bool = True,
+    groups: np.ndarray | None = None,
 ) -> tuple[Neighbours, Neighbours | None]:
     """Neighbour lists after adding ``new`` products to a catalogue whose lists are ``current``.
 
@@ -248,10 +261,11 @@ def add_to_lists(
         old: positions of products that already had lists.
         new: positions of the products being added.
         new_lists: also compute the lists of ``new`` (else None is returned for them).
+        groups: as for :func:`top_k`.
 
     Returns:
         (lists of ``old`` after the addition, lists of ``new``). The result equals
-        :func:`top_k` over everything.
+        :func:`top_k` over everything (with the same ``groups``).
     """
     # An old list cannot already hold a new product; drop any such entry so it is not doubled.
     held = np.isin(current.positions, new)
@@ -260,8 +274,8 @@ def add_to_lists(
             np.where(held, NO_NEIGHBOUR, current.positions),
             np.where(held, np.float32(-np.inf), current.scores),
         )
-    entering = top_k(vectors, k, block_size, queries=old, candidates=new)
-    added = top_k(vectors, k, block_size, queries=new) if new_lists else None
+    entering = top_k(vectors, k, block_size, queries=old, candidates=new, groups=groups)
+    added = top_k(vectors, k, block_size, queries=new, groups=groups) if new_lists else None
     return merge(current, entering, k), added
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.partition import parse_columns
 
 
 class Settings(BaseSettings):
@@ -83,6 +85,13 @@ class Settings(BaseSettings):
         "the catalogue's own photos when the projection is fitted, so that photo sources do not "
         "decide the neighbours (0: off). Part of the projection's tag.",
     )
+    partition: str = Field(
+        default="",
+        description="Metadata columns, comma-separated (for example 'gender'), that lookalikes "
+        "are grouped by: a product's ten lookalikes then come only from products with the same "
+        "values of every one. Empty: the whole catalogue. Part of the space lists are built "
+        "in: after a change, `lookalike index --stored` (or the next add or delete) rebuilds them.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Logs as text lines, or one JSON object per line (time, level, logger, "
@@ -134,6 +143,15 @@ class Settings(BaseSettings):
         le=60,
         description="Longest a kept response outlives the write that changed it, in seconds.",
     )
+
+    @field_validator("partition")
+    @classmethod
+    def _partition_names(cls, value: str) -> str:
+        return ",".join(parse_columns(value))
+
+    @property
+    def partition_columns(self) -> tuple[str, ...]:
+        return parse_columns(self.partition)
 
 
 def get_settings(**overrides: Any) -> Settings:

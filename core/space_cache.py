@@ -188,7 +188,7 @@ class SpaceCache:
 
     def vectors(self, session: Session, space: Space) -> VectorSet:
         """Every current vector of ``space``, as ``core.spaces.load_space_vectors`` reads it."""
-        key = (VECTORS_COUNTER, space.id)
+        key = (VECTORS_COUNTER, space.grouped(()).id)  # the same vectors in every grouping
         known = self._known(session, key)
         state = _catch_up(session, space, known) if known is not None else None
         if state is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sqlalchemy import select
@@ -23,27 +23,40 @@ from core.settings import Settings
 from core.vectors import VectorSet, load_embeddings, project
 
 _SEPARATOR = "|"
+_BY = "by:"
 
 
 @dataclass(frozen=True)
 class Space:
-    """An embedding model id, and the tag of the stored projection applied to its vectors (None:
-    the vectors as they are)."""
+    """An embedding model id, the tag of the stored projection applied to its vectors (None:
+    the vectors as they are), and the metadata columns lists are grouped by (``core.partition``;
+    none: one group)."""
 
     embedding_model_id: str
     projection_tag: str | None = None
+    partition: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
-        """The text stored with each list: the model id, then ``|tag`` when projected."""
-        if self.projection_tag is None:
-            return self.embedding_model_id
-        return f"{self.embedding_model_id}{_SEPARATOR}{self.projection_tag}"
+        """The text stored with each list: the model id, then ``|tag`` when projected, then
+        ``|by:col1,col2`` when grouped."""
+        parts = [self.embedding_model_id]
+        if self.projection_tag is not None:
+            parts.append(self.projection_tag)
+        if self.partition:
+            parts.append(_BY + ",".join(self.partition))
+        return _SEPARATOR.join(parts)
 
     @classmethod
     def parse(cls, space_id: str) -> Space:
-        embedding_model_id, _, tag = space_id.partition(_SEPARATOR)
-        return cls(embedding_model_id, tag or None)
+        embedding_model_id, *rest = space_id.split(_SEPARATOR)
+        tag = next((part for part in rest if not part.startswith(_BY)), None)
+        by = next((part[len(_BY) :] for part in rest if part.startswith(_BY)), "")
+        return cls(embedding_model_id, tag or None, tuple(by.split(",")) if by else ())
+
+    def grouped(self, partition: tuple[str, ...]) -> Space:
+        """The same vectors with lists grouped by ``partition``."""
+        return replace(self, partition=partition)
 
     def __str__(self) -> str:
         return self.id

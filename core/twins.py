@@ -46,17 +46,30 @@ def twins_of(session: Session, product_id: str) -> list[str]:
     return sorted(found)
 
 
-def visible(session: Session, vectors: VectorSet) -> tuple[VectorSet, list[str]]:
+def visible(
+    session: Session, vectors: VectorSet, groups: np.ndarray | None = None
+) -> tuple[VectorSet, list[str], np.ndarray | None]:
     """``vectors`` without the twins (all but the first of each same-photo group among its
-    ids), and the ids left out."""
-    present = set(vectors.ids)
+    ids), the ids left out, and ``groups`` (a lookalike group per row, ``core.partition``)
+    along the rows kept. With ``groups``, products with the same photo in two lookalike groups
+    are twins only within each: each group keeps its first."""
+    present = vectors.index if groups is not None else set(vectors.ids)
     hidden: list[str] = []
     for group in photo_groups(session):
         members = [pid for pid in group if pid in present]
-        hidden.extend(members[1:])
+        if groups is None:
+            hidden.extend(members[1:])
+            continue
+        seen: set[int] = set()
+        for pid in members:
+            number = int(groups[vectors.index[pid]])
+            if number in seen:
+                hidden.append(pid)
+            seen.add(number)
     if not hidden:
-        return vectors, []
+        return vectors, [], groups
     keep = np.ones(len(vectors.ids), dtype=bool)
     keep[vectors.positions(hidden)] = False
     ids = [pid for pid, kept in zip(vectors.ids, keep.tolist(), strict=True) if kept]
-    return VectorSet(ids, vectors.vectors[keep]), sorted(hidden)
+    kept_groups = groups[keep] if groups is not None else None
+    return VectorSet(ids, vectors.vectors[keep]), sorted(hidden), kept_groups

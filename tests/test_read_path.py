@@ -73,9 +73,11 @@ def test_lookalikes_read_what_similar_products_reads(read_app: Flask) -> None:
     with read_app.extensions["lookalike.sessions"]() as session:
         for product_id in LISTED:
             found = lookalikes(product_id)
-            product, neighbours, _ = similar_products(session, product_id)
+            listing = similar_products(session, product_id)
+            product = listing.product
             assert (found.product.id, found.product.meta) == (product.id, product.meta)
-            assert found.neighbours == neighbours
+            assert found.neighbours == listing.stored.neighbours
+            assert found.partition == listing.stored.partition == ()
             assert [n.rank for n in found.neighbours] == list(range(1, 11))
             assert all(isinstance(n.score, float) for n in found.neighbours)
     with pytest.raises(NotIndexed, match="no vector yet"):

@@ -62,12 +62,12 @@ def test_twins_take_no_places_and_follow_their_group(
     assert len(_table(db_session)) == 12 * K
 
     # A twin shows the list of the one standing for its photo, and the group apart.
-    _, own, same = similar_products(db_session, "p03")
-    _, twin_list, twin_same = similar_products(db_session, "p12")
-    assert [t.id for t in same] == ["p12", "p13"] and [t.id for t in twin_same] == ["p03", "p13"]
-    assert twin_list == own and {"p12", "p13", "p03"}.isdisjoint(n.product.id for n in own)
-    _, _, alone = similar_products(db_session, "p00")
-    assert alone == []
+    own, twin = similar_products(db_session, "p03"), similar_products(db_session, "p12")
+    assert [t.id for t in own.same_photo] == ["p12", "p13"]
+    assert [t.id for t in twin.same_photo] == ["p03", "p13"]
+    assert twin.stored == own.stored
+    assert {"p12", "p13", "p03"}.isdisjoint(n.product.id for n in own.stored.neighbours)
+    assert similar_products(db_session, "p00").same_photo == []
 
     # The one standing for the photo goes: the next takes its place, exactly as a rebuild.
     delete_products(db_session, ["p03"], space, SQL, K, 5)
