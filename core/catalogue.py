@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,14 @@ def _summary(what: str, ids: list[str], shown: int = 5) -> str:
 
 
 def read_styles(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Read ``styles.csv`` as {id: metadata}.
+    """Read ``styles.csv`` as {id: metadata} (see :func:`parse_styles`)."""
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        return parse_styles(handle, str(path))
+
+
+def parse_styles(lines: Iterable[str], source: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Metadata rows, as in ``styles.csv``: a header with an ``id`` column, then one row per
+    product, each other column a metadata field (empty: none).
 
     The real Kaggle file has rows whose last column (``productDisplayName``) holds unquoted
     commas; the extra fields of such a row are joined back into that column.
@@ -87,49 +94,49 @@ def read_styles(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
         The rows by id, and descriptions of rows that could not be used: a row whose id is
         not a usable product id is left out, a row whose metadata cannot be stored is kept
         with none, and a column whose name cannot be a metadata key is ignored.
+
+    Raises:
+        CatalogueError: no header, or no ``id`` column.
     """
     rows: dict[str, dict[str, Any]] = {}
     bad: list[str] = []
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.reader(handle)
+    reader = csv.reader(lines)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise CatalogueError(f"{source} is empty") from None
+    if "id" not in header:
+        raise CatalogueError(f"{source} has no 'id' column (header: {header})")
+    id_column = header.index("id")
+    width = len(header)
+    columns = [name != "id" and _usable_column(name, bad) for name in header]
+    for line_no, fields in enumerate(reader, start=2):
+        if not any(value.strip() for value in fields):
+            continue
+        if len(fields) > width:
+            fields = [*fields[: width - 1], ",".join(fields[width - 1 :])]
+        elif len(fields) < width:
+            bad.append(f"line {line_no} ({len(fields)} of {width} fields)")
+            continue
+        product_id = fields[id_column].strip()
+        if not product_id:
+            bad.append(f"line {line_no} (empty id)")
+            continue
         try:
-            header = [name.strip() for name in next(reader)]
-        except StopIteration:
-            raise CatalogueError(f"{path} is empty") from None
-        if "id" not in header:
-            raise CatalogueError(f"{path} has no 'id' column (header: {header})")
-        id_column = header.index("id")
-        width = len(header)
-        columns = [name != "id" and _usable_column(name, bad) for name in header]
-        for line_no, fields in enumerate(reader, start=2):
-            if not any(value.strip() for value in fields):
-                continue
-            if len(fields) > width:
-                fields = [*fields[: width - 1], ",".join(fields[width - 1 :])]
-            elif len(fields) < width:
-                bad.append(f"line {line_no} ({len(fields)} of {width} fields)")
-                continue
-            product_id = fields[id_column].strip()
-            if not product_id:
-                bad.append(f"line {line_no} (empty id)")
-                continue
-            try:
-                validate_product_id(product_id)
-            except InvalidProductId as exc:
-                bad.append(f"line {line_no} ({exc.message})")
-                continue
-            meta = {
-                name: (value.strip() or None)
-                for name, value, used in zip(header, fields, columns, strict=True)
-                if used
-            }
-            try:
-                rows[product_id] = validate_metadata(meta)
-            except InvalidMetadata as exc:
-                bad.append(
-                    f"line {line_no} (id {product_id}: {exc.message}; kept without metadata)"
-                )
-                rows[product_id] = {}
+            validate_product_id(product_id)
+        except InvalidProductId as exc:
+            bad.append(f"line {line_no} ({exc.message})")
+            continue
+        meta = {
+            name: (value.strip() or None)
+            for name, value, used in zip(header, fields, columns, strict=True)
+            if used
+        }
+        try:
+            rows[product_id] = validate_metadata(meta)
+        except InvalidMetadata as exc:
+            bad.append(f"line {line_no} (id {product_id}: {exc.message}; kept without metadata)")
+            rows[product_id] = {}
     return rows, bad
 
 

@@ -21,12 +21,19 @@ from sqlalchemy.orm import Session
 
 from core.catalogue import CatalogueItem
 from core.context import Context
-from core.errors import ProductNotFound, QueueUnavailable
+from core.errors import ProductNotFound, QueueUnavailable, Rejected
 from core.jobs import JobKind, JobStep, StepCall, create_job, finish_job, start_job
 from core.media import remove_unreferenced, store
 from core.models import Job, JobChunk, Product
 from core.products import ProductSync, sync_products
-from core.uploads import Accepted, Upload, accept_uploads, check_upload, take_back
+from core.uploads import (
+    Accepted,
+    MetadataSheet,
+    Upload,
+    accept_uploads,
+    check_upload,
+    take_back,
+)
 
 
 def submit_index(
@@ -61,15 +68,20 @@ def _plan_chunks(session: Session, job: Job, product_ids: Sequence[str], context
 
 
 def submit_add_products(
-    context: Context, session: Session, uploads: list[Upload]
+    context: Context, session: Session, uploads: list[Upload], sheet: MetadataSheet | None = None
 ) -> tuple[Job, Accepted]:
-    """Check uploaded photos, store and register the good ones, and queue their indexing.
+    """Check uploaded photos, store and register the good ones, and queue their indexing; with
+    ``sheet``, each photo takes its row's metadata (under what the upload gives itself).
 
     Raises:
         UploadRejected: every photo was refused (nothing is stored).
     """
     s = context.settings
+    refused: list[Rejected] = []
+    if sheet is not None:
+        uploads, refused = sheet.applied(uploads)
     accepted = accept_uploads(session, uploads, s.media_dir, s.max_image_bytes, s.max_image_pixels)
+    accepted.rejected[:0] = refused
     params = accepted.as_params()
     job = create_job(session, JobKind.ADD_PRODUCTS, params, total=len(accepted.product_ids))
     calls = [StepCall(JobStep.ADD_PRODUCTS, (job.id,))]

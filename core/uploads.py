@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,15 @@ from sqlalchemy import Table, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from core.errors import InvalidImage, InvalidMetadata, InvalidProductId, Rejected, UploadRejected
+from core.catalogue import parse_styles
+from core.errors import (
+    CatalogueError,
+    InvalidImage,
+    InvalidMetadata,
+    InvalidProductId,
+    Rejected,
+    UploadRejected,
+)
 from core.images import verify_image
 from core.media import StoredImage, store
 from core.metadata import validate_metadata, validate_product_id
@@ -98,6 +108,50 @@ class Upload:
     data: bytes
     product_id: str | None = None
     meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MetadataSheet:
+    """A CSV of metadata sent beside the photos, laid out as ``styles.csv``: an ``id`` column
+    (the product ids, or the photos' file names without extension) and one column per field."""
+
+    name: str
+    rows: dict[str, dict[str, Any]]
+    problems: list[str]
+
+    @classmethod
+    def parse(cls, data: bytes, name: str) -> MetadataSheet:
+        """Raises:
+        InvalidMetadata: not a CSV with an ``id`` column."""
+        text = data.decode("utf-8-sig", errors="replace")
+        try:
+            rows, problems = parse_styles(io.StringIO(text, newline=""), name)
+        except CatalogueError as exc:
+            raise InvalidMetadata(f"metadata CSV {exc.message}") from None
+        # An empty cell gives no value: the field is left out, not stored as null.
+        kept = {pid: {k: v for k, v in meta.items() if v is not None} for pid, meta in rows.items()}
+        return cls(name, kept, problems)
+
+    def applied(self, uploads: Sequence[Upload]) -> tuple[list[Upload], list[Rejected]]:
+        """``uploads`` with each one's row as its metadata, under the fields the upload gives
+        itself (they win); and the sheet's problems, and rows that match no photo, as refusals
+        (the photos go on)."""
+        used: set[str] = set()
+        merged: list[Upload] = []
+        for upload in uploads:
+            product_id = upload.product_id or Path(upload.filename).stem
+            row = self.rows.get(product_id)
+            if row is None:
+                merged.append(upload)
+                continue
+            used.add(product_id)
+            merged.append(replace(upload, meta={**row, **(upload.meta or {})}))
+        refused = [Rejected(self.name, problem) for problem in self.problems]
+        refused += [
+            Rejected(self.name, f"row for {pid!r} matches no photo in this request")
+            for pid in sorted(self.rows.keys() - used)
+        ]
+        return merged, refused
 
 
 @dataclass

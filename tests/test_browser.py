@@ -474,3 +474,109 @@ def test_a_merchandiser_adds_photos_and_watches_the_job(
     }
     assert hrefs == {TSHIRTS[2], SHOES[1]}
     check_photos(driver)
+
+
+def test_a_merchandiser_edits_the_catalogue_from_the_pages(
+    browser: WebDriver,
+    live_server: str,
+    client: FlaskClient,
+    app: Flask,
+    workers: Workers,
+    fashion_dev: Path,
+    shots: Path,
+    tmp_path: Path,
+) -> None:
+    workers.start(1)
+    rows = seed(client, fashion_dev, SAMPLE_IDS)
+    others = [pid for pid in rows if pid not in SAMPLE_IDS]
+    newcomer = next(pid for pid in others if rows[pid]["articleType"] == "Tshirts")
+    shoe = next(pid for pid in others if rows[pid]["masterCategory"] == "Footwear")
+    # From here on the API wants its token: the pages must ask for it and send it.
+    app.config["LOOKALIKE"] = app.config["LOOKALIKE"].model_copy(update={"api_token": "s3cret"})
+    driver = browser
+
+    # /add: the catalogue's own fields, with its values as suggestions, and a CSV beside.
+    driver.get(live_server + "/add")
+    labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".shared-fields label")]
+    assert labels[:3] == ["Gender", "Master category", "Article type"], labels
+    assert "Product display name" not in labels
+    article = driver.find_element(By.CSS_SELECTOR, "[data-meta-field='articleType']")
+    suggested = driver.find_elements(
+        By.CSS_SELECTOR, f"datalist#{article.get_attribute('list')} option"
+    )
+    assert "Tshirts" in {o.get_attribute("value") for o in suggested}
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        f"id,articleType,baseColour,productDisplayName\n{newcomer},Tshirts,Blue,From the sheet\n"
+    )
+    driver.find_element(By.ID, "api-token").send_keys("s3cret")
+    driver.find_element(By.ID, "add-images").send_keys(
+        str(fashion_dev / "images" / f"{newcomer}.jpg")
+    )
+    driver.find_element(By.CSS_SELECTOR, "[data-meta-field='gender']").send_keys("Men")
+    driver.find_element(By.CSS_SELECTOR, "[data-meta-field='baseColour']").send_keys("Navy Blue")
+    driver.find_element(By.ID, "add-csv").send_keys(str(sheet))
+    assert_readable(driver)
+    screenshot(driver, shots, "add-details")
+    driver.find_element(By.CSS_SELECTOR, "#add-form button[type=submit]").click()
+    card = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#add-jobs .job-card"))
+    wait_for(driver, lambda d: card.get_attribute("data-state") == "succeeded", 120)
+    added = client.get(f"/api/products/{newcomer}").get_json()
+    # The page's fields win over the sheet's; the sheet gives the rest.
+    assert (added["gender"], added["baseColour"]) == ("Men", "Navy Blue")
+    assert (added["articleType"], added["productDisplayName"]) == ("Tshirts", "From the sheet")
+    first_before = client.get(f"/api/products/{newcomer}/similar").get_json()["neighbours"][0]
+
+    # Its page: replace the photo (the token is remembered in this tab); details are kept.
+    driver.get(live_server + f"/products/{newcomer}")
+    assert driver.find_element(By.ID, "api-token").get_attribute("value") == "s3cret"
+    before = driver.find_element(By.CLASS_NAME, "product-photo").get_attribute("src")
+    driver.find_element(By.ID, "replace-photo").send_keys(
+        str(fashion_dev / "images" / f"{shoe}.jpg")
+    )
+    driver.find_element(By.CSS_SELECTOR, "#replace-form button").click()
+
+    def replaced(d: WebDriver) -> bool:  # the page reloads when the job is done
+        try:
+            return d.find_element(By.CLASS_NAME, "product-photo").get_attribute("src") != before
+        except StaleElementReferenceException:
+            return False
+
+    wait_for(driver, replaced, 120)
+    assert driver.find_element(By.TAG_NAME, "h1").text == "From the sheet"
+    # Indexed again: the lookalikes of a tee became those of a shoe.
+    now = client.get(f"/api/products/{newcomer}/similar").get_json()["neighbours"]
+    assert now[0]["masterCategory"] == "Footwear" != first_before["masterCategory"]
+    check_photos(driver)
+
+    # Delete: asked first; a wrong token is refused in the page, and nothing is lost.
+    token = driver.find_element(By.ID, "api-token")
+    token.clear()
+    token.send_keys("wrong")
+    driver.find_element(By.CSS_SELECTOR, "#delete-form button").click()
+    alert = wait_for(driver, lambda d: d.switch_to.alert)
+    assert newcomer in alert.text and "Delete" in alert.text
+    alert.dismiss()
+    assert client.get(f"/api/products/{newcomer}").status_code == 200
+    driver.find_element(By.CSS_SELECTOR, "#delete-form button").click()
+    wait_for(driver, lambda d: d.switch_to.alert).accept()
+    error = wait_for(
+        driver,
+        lambda d: (
+            d.find_element(By.ID, "edit-error")
+            if d.find_element(By.ID, "edit-error").is_displayed()
+            else None
+        ),
+    )
+    assert "Bearer" in error.text and error.get_attribute("role") == "alert"
+    assert client.get(f"/api/products/{newcomer}").status_code == 200
+    assert_readable(driver)
+    driver.execute_script("document.getElementById('product-edit').scrollIntoView()")
+    screenshot(driver, shots, "product-edit")
+    token.clear()
+    token.send_keys("s3cret")
+    driver.find_element(By.CSS_SELECTOR, "#delete-form button").click()
+    wait_for(driver, lambda d: d.switch_to.alert).accept()
+    wait_for(driver, lambda d: d.current_url.rstrip("/") == live_server, 120)
+    assert client.get(f"/api/products/{newcomer}").status_code == 404
+    assert newcomer not in driver.page_source

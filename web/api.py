@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 
+from core import partition
 from core.catalogue_queries import MAX_QUERY, browse_products, check_filters
 from core.context import Context
 from core.errors import (
@@ -31,7 +32,7 @@ from core.models import ImageError, Job, Product
 from core.settings import Settings
 from core.submissions import submit_add_products, submit_delete, submit_search
 from core.thumbnails import MEDIA_TYPE, check_width, thumbnail
-from core.uploads import Upload
+from core.uploads import MetadataSheet, Upload
 from web.headers import stored_image_type
 from web.openapi import openapi_document
 
@@ -149,7 +150,11 @@ def add_products() -> Any:
         Upload(file.filename or f"image-{n}", file.read(), pid, meta)
         for n, (file, pid, meta) in enumerate(zip(files, ids, metas, strict=True))
     ]
-    job, result = submit_add_products(context(), db(), uploads)
+    sheet_file = request.files.get("metadata_csv")
+    sheet = None
+    if sheet_file is not None and sheet_file.filename:  # an empty file field sends no name
+        sheet = MetadataSheet.parse(sheet_file.read(), sheet_file.filename or "metadata.csv")
+    job, result = submit_add_products(context(), db(), uploads, sheet)
     return accepted(
         job,
         product_ids=result.product_ids,
@@ -213,6 +218,8 @@ def _similar_body(product_id: str) -> bytes:
     }
     if found.same_photo:  # only then: every other answer stays as it was
         body["same_photo_as"] = [product_json(twin, image_url) for twin in found.same_photo]
+    if found.partition:  # likewise: only lists built within a group say so
+        body["grouping"] = partition.described(found.partition, found.product.meta)
     return jsonify(body).get_data()
 
 

@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from core import partition
 from core.catalogue_queries import (
     FILTER_FIELDS,
     MAX_QUERY,
     browse_products,
     catalogue_filters,
     jobs_page,
+    metadata_keys,
 )
 from core.jobs import JobKind, JobState
 from core.lookalikes import product_with_lookalikes
@@ -31,11 +33,13 @@ bp = Blueprint("pages", __name__)
 
 PER_PAGE = 48
 JOBS_SHOWN = 30
+SUGGESTED = 50  # values offered for one metadata field on the add page
 MOST_PER_PAGE = 200
 # The catalogue's hierarchy, as breadcrumbs above a product: each crumb adds one filter.
 CRUMB_FIELDS = ("gender", "masterCategory", "articleType")
 # Metadata shown first on a product page, in this order; any other keys follow.
-DETAIL_ORDER = ("productDisplayName", *FILTER_FIELDS, "subCategory", "season", "year", "usage")
+NAME_FIELD = "productDisplayName"
+DETAIL_ORDER = (NAME_FIELD, *FILTER_FIELDS, "subCategory", "season", "year", "usage")
 
 
 def _whole_number(name: str, default: int, most: int) -> int:
@@ -130,8 +134,16 @@ def _product_page(product_id: str) -> str:
     for key, value in details:
         if key in CRUMB_FIELDS:
             crumbs.append((str(value), {**(crumbs[-1][1] if crumbs else {}), key: str(value)}))
+    grouping = partition.described(view.partition, view.product.meta)["group"]
     return render_template(
-        "product.html", view=view, details=details, crumbs=crumbs, filter_fields=FILTER_FIELDS
+        "product.html",
+        view=view,
+        details=details,
+        crumbs=crumbs,
+        filter_fields=FILTER_FIELDS,
+        grouping=grouping,
+        token_required=bool(settings().api_token),
+        fresh_after=settings().read_cache_seconds,
     )
 
 
@@ -142,7 +154,22 @@ def search() -> str:
 
 @bp.get("/add")
 def add_products() -> str:
-    return render_template("add.html", token_required=bool(settings().api_token))
+    session = db()
+    # The catalogue's own fields, in the product page's order; the name is asked per photo.
+    keys = set(metadata_keys(session)) - {NAME_FIELD}
+    fields = [k for k in DETAIL_ORDER if k in keys] + sorted(keys.difference(DETAIL_ORDER))
+    # Values already present are suggested, unless every one is used once (free text).
+    suggested = {
+        found.column: [option.value for option in found.options]
+        for found in catalogue_filters(session, fields, most=SUGGESTED)
+        if found.options[0].count > 1
+    }
+    return render_template(
+        "add.html",
+        token_required=bool(settings().api_token),
+        fields=fields,
+        suggested=suggested,
+    )
 
 
 @bp.get("/jobs")

@@ -32,19 +32,23 @@ async function readJson(response) {
 }
 
 async function postForm(url, form) {
+  return sendRequest(url, "POST", form);
+}
+
+async function sendRequest(url, method, body) {
   let response;
   try {
-    response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
+    response = await fetch(url, { method, body, headers: authHeaders() });
   } catch (err) {
     throw new ApiError(`Could not reach the server (${err.message}).`, null);
   }
-  const body = await readJson(response);
+  const answer = await readJson(response);
   if (!response.ok) {
     const message =
-      body && body.error ? body.error.message : `The server answered ${response.status}.`;
-    throw new ApiError(message, body);
+      answer && answer.error ? answer.error.message : `The server answered ${response.status}.`;
+    throw new ApiError(message, answer);
   }
-  return body;
+  return answer;
 }
 
 // Polls a job until it finishes, calling onUpdate with each state. A few failed polls in a
@@ -283,6 +287,16 @@ function jobCard(accepted, count, form) {
   return { card, state, progress, counter };
 }
 
+// The fields the add page sets on every photo of an upload; an empty one is left out.
+function sharedMetadata(form) {
+  const meta = {};
+  for (const input of form.querySelectorAll("[data-meta-field]")) {
+    const value = input.value.trim();
+    if (value) meta[input.dataset.metaField] = value;
+  }
+  return meta;
+}
+
 function setupAdd(form) {
   const input = form.querySelector('input[type="file"]');
   const table = form.querySelector("table.files");
@@ -344,12 +358,17 @@ function setupAdd(form) {
     const data = new FormData();
     const ids = rows.querySelectorAll('input[name="id"]');
     const names = rows.querySelectorAll('input[name="name"]');
+    const shared = sharedMetadata(form);
     chosen.forEach((file, n) => {
       data.append("images", file, file.name);
       data.append("id", ids[n].value.trim());
       const name = names[n].value.trim();
-      data.append("metadata", name ? JSON.stringify({ productDisplayName: name }) : "");
+      const meta = name ? { ...shared, productDisplayName: name } : shared;
+      // No field set sends no metadata: a replaced product keeps its own (or the CSV's).
+      data.append("metadata", Object.keys(meta).length ? JSON.stringify(meta) : "");
     });
+    const sheet = form.querySelector('input[name="metadata_csv"]');
+    if (sheet && sheet.files.length) data.append("metadata_csv", sheet.files[0]);
     const count = chosen.length;
     button.disabled = true;
     button.textContent = "Sending…";
@@ -403,6 +422,72 @@ function setupAdd(form) {
   });
 }
 
+// --- editing a product --------------------------------------------------------------------
+
+function setupProductEdit(section) {
+  const replace = document.getElementById("replace-form");
+  const photo = replace.querySelector('input[type="file"]');
+  const replaceButton = replace.querySelector("button");
+  const remove = document.getElementById("delete-form");
+  const status = document.getElementById("edit-status");
+  const errorBox = document.getElementById("edit-error");
+  const { productId, productName } = section.dataset;
+  const buttons = [replaceButton, remove.querySelector("button")];
+
+  photo.addEventListener("change", () => {
+    replaceButton.disabled = photo.files.length === 0;
+  });
+
+  // Sends one change, follows its job, and then calls done (the job succeeded).
+  async function change(what, send, done) {
+    errorBox.hidden = true;
+    buttons.forEach((b) => (b.disabled = true));
+    status.textContent = `${what}: sending…`;
+    try {
+      const accepted = await send();
+      const job = await followJob(accepted.status_url, (update) => {
+        status.textContent = `${what}: ${update.state} (${update.progress.done} / ${update.progress.total})`;
+      });
+      if (job.state !== "succeeded") {
+        throw new ApiError(job.error || "the job failed; see the Jobs page", null);
+      }
+      if (job.errors.length) throw new ApiError(job.errors[0].message || job.errors[0].error, null);
+      status.textContent = `${what}: done.`;
+      done();
+    } catch (err) {
+      status.textContent = "";
+      showError(errorBox, `${what} failed: ${err.message}`, err.body && err.body.error && err.body.error.rejected);
+      buttons.forEach((b) => (b.disabled = false));
+      replaceButton.disabled = photo.files.length === 0;
+    }
+  }
+
+  replace.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!photo.files.length) return;
+    const data = new FormData();
+    data.append("images", photo.files[0], photo.files[0].name);
+    data.append("id", productId); // no metadata: the product keeps its own
+    // Pages are served from a read cache at most data-fresh-after seconds behind a write.
+    const fresh = Number(section.dataset.freshAfter || 0) * 1000;
+    change(
+      "Replacing the photo",
+      () => postForm(section.dataset.addApi, data),
+      () => sleep(fresh + 100).then(() => window.location.reload()),
+    );
+  });
+
+  remove.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!window.confirm(`Delete ${productName} (id ${productId}) from the catalogue?`)) return;
+    change(
+      "Deleting",
+      () => sendRequest(section.dataset.deleteApi, "DELETE"),
+      () => window.location.assign(section.dataset.catalogueUrl),
+    );
+  });
+}
+
 // --- jobs ---------------------------------------------------------------------------------
 
 function followJobRow(row) {
@@ -437,6 +522,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (search) setupSearch(search);
   const add = document.getElementById("add-form");
   if (add) setupAdd(add);
+  const edit = document.getElementById("product-edit");
+  if (edit) setupProductEdit(edit);
   document
     .querySelectorAll('tr.job[data-state="queued"], tr.job[data-state="running"]')
     .forEach(followJobRow);
