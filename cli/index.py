@@ -80,7 +80,7 @@ def _run_here(context: Context, session: Session, catalogue: Catalogue, refit: b
     """The embedded default: every step in this process, a progress bar after each batch."""
     click.echo(f"model {context.encoder.model_id}")
     job: Job | None = None
-    bar = Progress("embedding")
+    bar = Progress("indexing")
     try:
         for job in index_catalogue(
             context, session, catalogue.items, source=str(catalogue.root), refit=refit
@@ -113,7 +113,7 @@ def _run_on_workers(context: Context, session: Session, catalogue: Catalogue, re
 
 def _follow(session: Session, job_id: str, poll: float = 0.5) -> Job:
     """Show a job's progress from the jobs table until it ends."""
-    bar = Progress("embedding")
+    bar = Progress("indexing")
     try:
         while True:
             session.expire_all()

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import nuisance, partition, twins
+from core import neighbour_build, nuisance, partition, twins
 from core.context import Context
 from core.errors import InvalidImage, JobNotFound
 from core.jobs import (
@@ -109,7 +109,7 @@ def _embed_chunk(context: Context, session: Session, chunk: JobChunk) -> Commits
     ):
         chunk.done += batch.size
         failed += len(batch.failures)
-        _set_progress(session, chunk.job_id)
+        neighbour_build.set_progress(session, chunk.job_id)
         yield
     log.info(
         "chunk done job=%s chunk=%d images=%d embedded=%d failed=%d seconds=%.1f",
@@ -122,13 +122,6 @@ def _embed_chunk(context: Context, session: Session, chunk: JobChunk) -> Commits
     )
 
 
-def _set_progress(session: Session, job_id: str) -> None:
-    """The job's progress as the sum of its chunks': set, never incremented, so a chunk that
-    runs twice counts once."""
-    done = select(func.coalesce(func.sum(JobChunk.done), 0)).where(JobChunk.job_id == job_id)
-    session.execute(update(Job).where(Job.id == job_id).values(done=done.scalar_subquery()))
-
-
 def _finish_chunk(session: Session, job_id: str, chunk_no: int) -> bool:
     """Mark a chunk done. True when this call finished the job's last chunk and so must have
     the neighbour table built (exactly one caller gets True)."""
@@ -137,7 +130,7 @@ def _finish_chunk(session: Session, job_id: str, chunk_no: int) -> bool:
         .where(JobChunk.job_id == job_id, JobChunk.chunk_no == chunk_no)
         .values(state=ChunkState.DONE.value, done=JobChunk.total)
     )
-    _set_progress(session, job_id)
+    neighbour_build.set_progress(session, job_id)
     session.flush()
     job = get_job(session, job_id, lock=True)  # serialises the last chunks' checks
     left = session.scalar(
@@ -151,25 +144,51 @@ def _finish_chunk(session: Session, job_id: str, chunk_no: int) -> bool:
     return True
 
 
-def finalise_index(context: Context, session: Session, job_id: str) -> None:
-    """Build the neighbour table once every chunk of an index job is embedded."""
+def finalise_index(context: Context, session: Session, job_id: str) -> Commits:
+    """Once every chunk of an index job is embedded: fix the space (fitting its projection if
+    due) and the rows, split the neighbour build into blocks, and send them
+    (``core.neighbour_build``). Run again (redelivered), it sends the blocks not done."""
     job = get_job(session, job_id)
     if state_of(job) not in (JobState.FINALISING, JobState.RUNNING):
         return
-    started = time.perf_counter()
     s = context.settings
     lock_neighbour_table(session)  # before the projection is chosen: one fit at a time
     space = _space(context, session, refit=bool(job.params.get("refit")))
-    written = rebuild_lists(session, space, context.spaces, s.neighbours, s.block_size)
+    job.state = JobState.FINALISING.value
+    pending = neighbour_build.plan_build(session, job, space, context.spaces, s.build_block_rows)
+    log.info("build planned job=%s space=%s blocks=%d", job_id, space.id, len(pending))
+    yield  # the plan is committed before any block may start
+    for block_no in pending:
+        context.queue.send(StepCall(JobStep.BUILD_BLOCK, (job_id, block_no)))
+
+
+def build_block(context: Context, session: Session, job_id: str, block_no: int) -> Commits:
+    """Compute and write one block of an index job's neighbour build; the block that finds
+    every other one done finishes the job."""
+    job = get_job(session, job_id)
+    plan = neighbour_build.BuildPlan.of(job)
+    if state_of(job).finished or plan is None:
+        return
+    s = context.settings
+    started = time.perf_counter()
+    planned = Space.parse(plan.space_id)
+    yield from neighbour_build.run_block(
+        session, job_id, block_no, planned, context.spaces, s.neighbours, s.block_size
+    )
+    log.info(
+        "block done job=%s block=%d seconds=%.1f", job_id, block_no, time.perf_counter() - started
+    )
+    if not neighbour_build.is_last_block(session, job_id):
+        return
+    lock_neighbour_table(session)
+    # The space as the settings give it now: a change of setting since the plan rebuilds.
+    space = _space(context, session)
+    written = neighbour_build.finish_build(
+        session, job, space, context.spaces, s.neighbours, s.block_size, rebuild_lists
+    )
     summary = _index_summary(session, job, context.encoder.model_id, space, written)
     finish_job(job, result=summary.as_result())
-    log.info(
-        "index done job=%s products=%d lists_written=%d seconds=%.1f",
-        job_id,
-        job.total,
-        written,
-        time.perf_counter() - started,
-    )
+    log.info("index done job=%s products=%d lists_written=%d", job_id, summary.embedded, written)
 
 
 @dataclass(frozen=True)
@@ -386,6 +405,7 @@ def _nearest_products(
 STEPS: dict[JobStep, Callable[..., Commits | None]] = {
     JobStep.INDEX_CHUNK: index_chunk,
     JobStep.FINALISE_INDEX: finalise_index,
+    JobStep.BUILD_BLOCK: build_block,
     JobStep.ADD_PRODUCTS: add_products,
     JobStep.DELETE_PRODUCTS: delete_job_products,
     JobStep.SEARCH: search_photo,

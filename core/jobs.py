@@ -59,6 +59,7 @@ class JobStep(StrEnum):
 
     INDEX_CHUNK = "lookalike.index_chunk"
     FINALISE_INDEX = "lookalike.finalise_index"
+    BUILD_BLOCK = "lookalike.build_block"
     ADD_PRODUCTS = "lookalike.add_products"
     DELETE_PRODUCTS = "lookalike.delete_products"
     SEARCH = "lookalike.search"

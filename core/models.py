@@ -202,6 +202,24 @@ class JobChunk(Base):
     state: Mapped[str] = mapped_column(String(16), default="queued")
 
 
+class BuildBlock(Base):
+    """One block of an index job's full neighbour build (``core.neighbour_build``): the lists
+    of rows ``[row_start, row_stop)`` of the build's vectors, computed against all of them by
+    whichever worker takes it."""
+
+    __tablename__ = "build_blocks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    block_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row_start: Mapped[int] = mapped_column(Integer)
+    row_stop: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    # Runs started (more than one: redelivered), and who started the last (host:pid).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(200))
+    written: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
 class ImageError(Base):
     """A photo that could not be used, and why. The rest of its job went on."""
 

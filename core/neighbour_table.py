@@ -92,15 +92,23 @@ def log_list_writes(session: Session, before: int | None, product_ids: Iterable[
 
 
 def read_lists(
-    session: Session, vectors: VectorSet, product_ids: Sequence[str], space: Space, k: int
+    session: Session,
+    vectors: VectorSet,
+    product_ids: Sequence[str],
+    space: Space,
+    k: int,
+    *,
+    part: bool = False,
 ) -> tuple[Neighbours, set[str]]:
     """Stored lists of ``product_ids`` as positions in ``vectors``, and the *untidy* ones: those
     with a row read as absent (another space's, past rank k, or naming a product with no
-    vector here). For every other list the table holds exactly what was read."""
+    vector here). For every other list the table holds exactly what was read. With ``part``
+    (a block of a build: many lists, a small part of the table) they are read by id, never
+    the whole table."""
     lists = empty_lists(len(product_ids), k)
     untidy: set[str] = set()
     row_of = {pid: row for row, pid in enumerate(product_ids)}
-    rows, find = _list_rows(session, vectors, product_ids)
+    rows, find = _list_rows(session, vectors, product_ids, part)
     for pid, rank, neighbour, score, space_id in rows:
         row = row_of.get(pid)
         if row is None:
@@ -115,7 +123,7 @@ def read_lists(
 
 
 def _list_rows(
-    session: Session, vectors: VectorSet, product_ids: Sequence[str]
+    session: Session, vectors: VectorSet, product_ids: Sequence[str], part: bool
 ) -> tuple[list[Any], Callable[[str], int | None]]:
     """The rows of those lists, read the cheapest way for how many there are, and how to find a
     neighbour's position."""
@@ -126,7 +134,7 @@ def _list_rows(
         Neighbour.score,
         Neighbour.space_id,
     )
-    if len(product_ids) > _ALL_LISTS:
+    if len(product_ids) > _ALL_LISTS and not part:
         # A rebuild: every list in one read, those not asked for skipped by the caller.
         return read_rows(session, select(*columns)), vectors.index.get
     many = len(product_ids) > _FEW_LISTS

@@ -52,7 +52,7 @@ def rebuild_lists(
         The number of lists written or removed.
     """
     before = lock_neighbour_table(session)
-    vectors, _, groups = _listed_rows(session, space, reader)
+    vectors, _, groups = listed_rows(session, space, reader)
     fresh = top_k(vectors.vectors, k, block_size, groups=groups)
     stored, untidy = read_lists(session, vectors, vectors.ids, space, k)
     # Lists with rows read as absent (another space's, say) count as changed too.
@@ -109,7 +109,7 @@ def update_lists(
     """
     before = lock_neighbour_table(session)  # no other writer until this transaction ends
     stale = set(stale_ids)
-    vectors, hidden, groups = _listed_rows(session, space, reader)
+    vectors, hidden, groups = listed_rows(session, space, reader)
     # A twin leaves every list it held (it may have stood for its photo until now).
     repair = (lists_mentioning(session, stale | set(hidden)) | set(repair_ids)) - stale
     stored_ends = reader.list_ends(session, space, k, before)
@@ -139,7 +139,7 @@ def update_lists(
     return len(rows) + len(redo)
 
 
-def _listed_rows(
+def listed_rows(
     session: Session, space: Space, reader: SpaceReader
 ) -> tuple[VectorSet, list[str], np.ndarray | None]:
     """The rows lists are built from: the space's vectors without twins, the twins left out,

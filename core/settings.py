@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     )
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest image file.")
     chunk_size: int = Field(default=256, ge=1, description="Images per indexing chunk (task).")
+    build_block_rows: int = Field(
+        default=16384,
+        ge=256,
+        description="Rows per block (task) of the full neighbour build; blocks run on any "
+        "worker, in parallel.",
+    )
     broker_url: str | None = Field(
         default=None,
         description="Celery broker. Unset: the CLI runs jobs in-process, and the web app and "

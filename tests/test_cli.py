@@ -67,7 +67,7 @@ def test_index_similar_and_errors_on_the_embedded_default(
     assert "4 images have no styles.csv row" in indexed.stderr
     # A log file, not a terminal: progress as log lines, and none of TensorFlow's start-up
     # noise (oneDNN, no CUDA driver, the cuInit error) on a machine without a GPU.
-    assert "\r" not in indexed.stderr and "lookalike.progress: embedding" in indexed.stderr
+    assert "\r" not in indexed.stderr and "lookalike.progress: indexing" in indexed.stderr
     for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "cudart_stub"):
         assert noise not in indexed.stderr, indexed.stderr
     assert "[job=" in indexed.stderr
@@ -92,7 +92,8 @@ def test_index_similar_and_errors_on_the_embedded_default(
     assert (
         "index" in jobs.stdout
         and "succeeded" in jobs.stdout
-        and f"{len(SAMPLE_IDS) + 4}/{len(SAMPLE_IDS) + 4}" in jobs.stdout
+        # The photos (four of them broken), then the neighbour build's one block.
+        and f"{len(SAMPLE_IDS) + 5}/{len(SAMPLE_IDS) + 5}" in jobs.stdout
     )
 
     evaluated = _lookalike(workdir, "evaluate", "--label", "articleType", "--json")

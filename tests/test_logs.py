@@ -67,7 +67,8 @@ def test_index_logs_json_lines_with_the_job(sample_catalogue: Path, tmp_path: Pa
     done = [r for r in records if str(r["message"]).startswith("index done")]
     assert len(done) == 1 and isinstance(done[0]["job_id"], str)
     progress = [r for r in records if r["logger"] == "lookalike.progress"]
+    # The photos, then the neighbour build's one block.
     assert progress and progress[-1]["message"] == (
-        f"embedding {len(SAMPLE_IDS)}/{len(SAMPLE_IDS)} (100%)"
+        f"indexing {len(SAMPLE_IDS) + 1}/{len(SAMPLE_IDS) + 1} (100%)"
     )
     assert all(r["job_id"] == done[0]["job_id"] for r in records if "job_id" in r)

@@ -76,6 +76,11 @@ def finalise_index(job_id: str) -> None:
     _run(JobStep.FINALISE_INDEX, job_id)
 
 
+@shared_task(name=JobStep.BUILD_BLOCK.value, base=JobTask)
+def build_block(job_id: str, block_no: int) -> None:
+    _run(JobStep.BUILD_BLOCK, job_id, block_no)
+
+
 @shared_task(name=JobStep.ADD_PRODUCTS.value, base=JobTask)
 def add_products(job_id: str) -> None:
     _run(JobStep.ADD_PRODUCTS, job_id)

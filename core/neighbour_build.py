@@ -1,0 +1,228 @@
+"""The full neighbour build, in blocks that any worker can take.
+
+An index job's finalise step fixes the space and the rows (the space's vectors without twins,
+in id order) and splits them into blocks of ``build_block_rows`` consecutive rows; each block
+computes the exact top-k of its rows against every row, on whichever worker takes it, and
+writes the lists that differ from the table. A block that runs twice (redelivered after a
+crash) computes the same lists and finds nothing to write. The block that finds every other
+one done finishes the job: it removes the lists of products without a row, and checks that
+the rows did not change while the blocks ran (an add, a delete or a metadata move between
+groups); if they did, it rebuilds in one go (``core.neighbour_updates.rebuild_lists``), so the
+table is exact whatever ran meanwhile.
+
+Blocks compute without any lock and take the neighbour table's lock only to write, so they
+run in parallel and their writes queue briefly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
+
+from core.errors import JobNotFound
+from core.jobs import JobState, get_job, state_of
+from core.models import BuildBlock, Job, JobChunk
+from core.neighbour_table import (
+    delete_lists,
+    listed_products,
+    lock_neighbour_table,
+    log_list_writes,
+    read_lists,
+    write_lists,
+)
+from core.neighbour_updates import listed_rows
+from core.neighbours import Neighbours, changed_rows, top_k
+from core.space_reader import SpaceReader
+from core.spaces import Space
+from core.vectors import VectorSet
+
+
+class BlockState:
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What the blocks of one build compute from: recorded in the job's params."""
+
+    space_id: str
+    rows: int
+    digest: str  # of the rows' ids and groups: the blocks and the finish check they agree
+
+    def as_params(self) -> dict[str, Any]:
+        return {"space_id": self.space_id, "rows": self.rows, "digest": self.digest}
+
+    @classmethod
+    def of(cls, job: Job) -> BuildPlan | None:
+        found = (job.params or {}).get("build")
+        return None if found is None else cls(found["space_id"], found["rows"], found["digest"])
+
+
+def _digest(vectors: VectorSet, groups: np.ndarray | None) -> str:
+    hasher = hashlib.sha256("\n".join(vectors.ids).encode())
+    if groups is not None:
+        hasher.update(np.ascontiguousarray(groups, dtype=np.int64).tobytes())
+    return hasher.hexdigest()[:32]
+
+
+def _plan_of(space: Space, vectors: VectorSet, groups: np.ndarray | None) -> BuildPlan:
+    return BuildPlan(space.id, len(vectors.ids), _digest(vectors, groups))
+
+
+def worker_name() -> str:
+    """Who runs a block, as the block's row records it: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def plan_build(
+    session: Session, job: Job, space: Space, reader: SpaceReader, block_rows: int
+) -> list[int]:
+    """Split the build of ``space`` into blocks (rows of ``build_blocks``) and record the plan
+    in the job. A job that has a plan already keeps it (a redelivered finalise).
+
+    Returns:
+        The numbers of the blocks not done yet: the ones to send.
+    """
+    if BuildPlan.of(job) is None:
+        vectors, _, groups = listed_rows(session, space, reader)
+        plan = _plan_of(space, vectors, groups)
+        rows = len(vectors.ids)
+        starts = list(range(0, rows, block_rows)) or [0]
+        session.execute(delete(BuildBlock).where(BuildBlock.job_id == job.id))
+        session.add_all(
+            BuildBlock(
+                job_id=job.id,
+                block_no=n,
+                row_start=start,
+                row_stop=min(start + block_rows, rows),
+                state=BlockState.QUEUED,
+            )
+            for n, start in enumerate(starts)
+        )
+        job.params = {**(job.params or {}), "build": plan.as_params()}
+        flag_modified(job, "params")
+        photos = session.scalar(
+            select(func.coalesce(func.sum(JobChunk.total), 0)).where(JobChunk.job_id == job.id)
+        )
+        job.total = int(photos or 0) + len(starts)  # progress: the photos, then the blocks
+        session.flush()
+    return list(
+        session.scalars(
+            select(BuildBlock.block_no)
+            .where(BuildBlock.job_id == job.id, BuildBlock.state != BlockState.DONE)
+            .order_by(BuildBlock.block_no)
+        )
+    )
+
+
+def set_progress(session: Session, job_id: str) -> None:
+    """The job's progress: its chunks' photos done plus its blocks done (set, never
+    incremented, so a chunk or block that runs twice counts once)."""
+    photos = select(func.coalesce(func.sum(JobChunk.done), 0)).where(JobChunk.job_id == job_id)
+    blocks = (
+        select(func.count())
+        .select_from(BuildBlock)
+        .where(BuildBlock.job_id == job_id, BuildBlock.state == BlockState.DONE)
+    )
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(done=photos.scalar_subquery() + blocks.scalar_subquery())
+    )
+
+
+def run_block(
+    session: Session,
+    job_id: str,
+    block_no: int,
+    space: Space,
+    reader: SpaceReader,
+    k: int,
+    search_block: int,
+) -> Iterator[None]:
+    """Compute one block's lists and write those that differ; the caller commits at each
+    yield (once the block is marked running, so that who holds it shows)."""
+    block = session.get(BuildBlock, (job_id, block_no))
+    if block is None:
+        raise JobNotFound(f"{job_id}/block {block_no}")
+    if block.state == BlockState.DONE:
+        return
+    block.state = BlockState.RUNNING
+    block.attempts += 1
+    block.worker = worker_name()
+    yield
+    plan = BuildPlan.of(get_job(session, job_id))
+    vectors, _, groups = listed_rows(session, space, reader)
+    written = 0
+    # Rows that changed since the plan are left to the finish, which rebuilds.
+    if plan is not None and plan == _plan_of(space, vectors, groups):
+        rows = np.arange(block.row_start, block.row_stop)
+        fresh = top_k(vectors.vectors, k, search_block, queries=rows, groups=groups)
+        ids = vectors.ids[block.row_start : block.row_stop]
+        before = lock_neighbour_table(session)  # only to write: blocks compute in parallel
+        stored, untidy = read_lists(session, vectors, ids, space, k, part=True)
+        untidy_rows = [row for row, pid in enumerate(ids) if pid in untidy]
+        changed = np.union1d(changed_rows(stored, fresh), np.array(untidy_rows, dtype=np.int64))
+        changed_ids = [ids[row] for row in changed]
+        write_lists(
+            session,
+            vectors,
+            changed_ids,
+            Neighbours(fresh.positions[changed], fresh.scores[changed]),
+            space,
+            Neighbours(stored.positions[changed], stored.scores[changed]),
+            untidy,
+        )
+        log_list_writes(session, before, changed_ids)
+        written = len(changed_ids)
+    block.written = written
+    block.state = BlockState.DONE
+    set_progress(session, job_id)
+
+
+def is_last_block(session: Session, job_id: str) -> bool:
+    """True when every block of the job is done and the job still waits for its build: the
+    caller finishes it. Takes the job's row lock, so exactly one caller gets True."""
+    session.flush()
+    job = get_job(session, job_id, lock=True)
+    left = session.scalar(
+        select(func.count())
+        .select_from(BuildBlock)
+        .where(BuildBlock.job_id == job_id, BuildBlock.state != BlockState.DONE)
+    )
+    return not left and state_of(job) is JobState.FINALISING
+
+
+def finish_build(
+    session: Session,
+    job: Job,
+    space: Space,
+    reader: SpaceReader,
+    k: int,
+    search_block: int,
+    rebuild: Any,
+) -> int:
+    """Remove the lists of products without a row; when the rows changed since the plan,
+    rebuild in one go. Returns the number of lists written or removed by the whole build."""
+    before = lock_neighbour_table(session)
+    vectors, _, groups = listed_rows(session, space, reader)
+    if BuildPlan.of(job) != _plan_of(space, vectors, groups):
+        return int(rebuild(session, space, reader, k, search_block))
+    orphans = sorted(listed_products(session) - set(vectors.ids))
+    delete_lists(session, orphans)
+    log_list_writes(session, before, orphans)
+    blocks = session.scalar(
+        select(func.coalesce(func.sum(BuildBlock.written), 0)).where(BuildBlock.job_id == job.id)
+    )
+    return int(blocks or 0) + len(orphans)
