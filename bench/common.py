@@ -183,3 +183,20 @@ def start_web(
         start_new_session=True,
     )
     return web, f"http://127.0.0.1:{port}"
+
+
+def peak_mib(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), MiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The processes of a process group (a worker's main and pool processes)."""
+    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]

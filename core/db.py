@@ -138,5 +138,8 @@ def read_rows(session: Session, statement: Any) -> list[Any]:
         dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
     )
     with connection.connection.driver_connection.cursor(binary=True) as cursor:  # type: ignore[union-attr]
-        cursor.execute(compiled.string, compiled.params)
+        # Never prepared: psycopg prepares a statement run five times, and the generic plan
+        # PostgreSQL then keeps was chosen for the table as it was (a seq scan of an empty
+        # neighbours table, say, kept after a build filled it: seconds per read).
+        cursor.execute(compiled.string, compiled.params, prepare=False)
         return list(cursor.fetchall())

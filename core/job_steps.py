@@ -180,6 +180,7 @@ def build_block(context: Context, session: Session, job_id: str, block_no: int) 
     )
     if not neighbour_build.is_last_block(session, job_id):
         return
+    started = time.perf_counter()
     lock_neighbour_table(session)
     # The space as the settings give it now: a change of setting since the plan rebuilds.
     space = _space(context, session)

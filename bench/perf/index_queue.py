@@ -23,19 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import create_database, drop_database, lookalike_env, record, unpacked
-
-
-def _peak_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _group(pgid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
-    return [int(pid) for pid in found.split()]
+from bench.common import (
+    create_database,
+    drop_database,
+    group_pids,
+    lookalike_env,
+    peak_mib,
+    record,
+    unpacked,
+)
 
 
 def main() -> None:
@@ -95,9 +91,9 @@ def main() -> None:
             sys.exit(f"index failed:\n{done.stderr[-3000:]}")
         cli_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         peaks = {
-            f"worker {n} pid {pid}": _peak_mib(pid)
+            f"worker {n} pid {pid}": peak_mib(pid)
             for n, process in enumerate(workers)
-            for pid in _group(process.pid)
+            for pid in group_pids(process.pid)
         }
     finally:
         for process in workers:

@@ -1,0 +1,303 @@
+"""Scale: the exact neighbour build of a large catalogue through real Celery workers.
+
+Vectors come from real photos: ``fashion-dev`` is indexed once with the default recipe (its
+1,217 photos, projected to the catalogue's 64-d space) and each synthetic product mixes two of
+those vectors (a random share of up to half of the second) and adds Gaussian noise, so the
+catalogue has the real vectors' directions and spread with no two products alike. They are
+written straight to PostgreSQL (COPY) under the workers' model id with the projection off
+(``LOOKALIKE_PCA_DIMS=0``): the build sees 64-d vectors, as the lists of a real catalogue
+are built in its 64-d space. Embedding a million photos would take about ten hours here.
+
+Side by side in one run:
+
+* the build through 1 worker process, then through 2 (each a fresh, cold ``lookalike worker
+  --concurrency 1`` with one OpenMP thread), from the job's finalise to its end: planning,
+  every block's search and its list rows written to PostgreSQL;
+* faiss ``IndexFlatIP`` searching every vector's k+1 nearest in this process (1 and 2 threads):
+  the search alone, no rescoring and no writes, as the reference;
+* peak resident memory of every worker process, and how long a cold worker takes to be ready.
+
+    python bench/scale.py --products 200000
+    python bench/scale.py --products 1000000 --json scale.json   # partial results as it goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    ROOT,
+    commit,
+    create_database,
+    drop_database,
+    group_pids,
+    lookalike_env,
+    machine,
+    peak_mib,
+    unpacked,
+)
+
+K = 10
+NOISE = 0.35  # of a unit vector's length, spread over the dimensions
+READY = re.compile(r"worker process ready with model (\S+)")
+
+
+def base_vectors(data: Path, cache: Path) -> np.ndarray:
+    """fashion-dev's vectors in its 64-d space (indexed once, then cached)."""
+    if cache.is_file():
+        return np.load(cache)
+    from core.db import make_engine, make_sessionmaker
+    from core.models import Neighbour
+    from core.spaces import Space, load_space_vectors
+
+    folder = unpacked("fashion-dev", data)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{cache.with_suffix('.db')}"
+    env = lookalike_env(LOOKALIKE_DATABASE_URL=url)
+    print("indexing fashion-dev for its vectors", flush=True)
+    subprocess.run([sys.executable, "-m", "cli", "index", str(folder)], env=env, check=True)
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        from sqlalchemy import select
+
+        space_id = session.scalar(select(Neighbour.space_id).limit(1))
+        assert space_id is not None
+        vectors = load_space_vectors(session, Space.parse(space_id)).vectors
+    engine.dispose()
+    np.save(cache, vectors.astype(np.float32))
+    return vectors.astype(np.float32)
+
+
+def synthetic(base: np.ndarray, count: int, seed: int = 16) -> np.ndarray:
+    """``count`` unit vectors, each two base vectors mixed and perturbed."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, base.shape[1]), dtype=np.float32)
+    for start in range(0, count, 100_000):
+        n = min(100_000, count - start)
+        a, b = rng.integers(0, len(base), n), rng.integers(0, len(base), n)
+        share = rng.uniform(0, 0.5, (n, 1)).astype(np.float32)
+        noise = rng.standard_normal((n, base.shape[1])).astype(np.float32)
+        rows = (1 - share) * base[a] + share * base[b] + NOISE / np.sqrt(base.shape[1]) * noise
+        out[start : start + n] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
+
+
+def write_catalogue(url: str, model_id: str, vectors: np.ndarray) -> float:
+    """Products and their vectors, by COPY; returns the seconds taken."""
+    import psycopg
+
+    from core.models import natural_key
+
+    started = time.perf_counter()
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
+        with cursor.copy(
+            "COPY products (id, meta, image_path, content_hash, sort_key, search_text, "
+            "created_at, updated_at) FROM STDIN"
+        ) as copy:
+            for n in range(len(vectors)):
+                pid = f"s{n:07d}"
+                row = (pid, "{}", f"/synthetic/{pid}.jpg", pid, natural_key(pid), "", "now", "now")
+                copy.write_row(row)
+        with cursor.copy(
+            "COPY embeddings (product_id, model_id, content_hash, dim, vector, created_at) "
+            "FROM STDIN"
+        ) as copy:
+            for n, vector in enumerate(vectors):
+                pid = f"s{n:07d}"
+                copy.write_row((pid, model_id, pid, vectors.shape[1], vector.tobytes(), "now"))
+        connection.commit()
+    return time.perf_counter() - started
+
+
+class Workers:
+    """``lookalike worker --concurrency 1`` processes, one OpenMP thread each."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = {**env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        self.logs = logs
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.ready_s: list[float] = []
+
+    def start(self, count: int) -> str:
+        """Start ``count`` workers, wait until each is ready; returns their model id."""
+        started = time.perf_counter()
+        new = []
+        for _ in range(count):
+            log = self.logs / f"worker-{len(self.processes)}.log"
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cli", "worker", "--concurrency", "1"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            process.log = log  # type: ignore[attr-defined]
+            self.processes.append(process)
+            new.append(process)
+        model_id = ""
+        for process in new:
+            while True:
+                text = process.log.read_text(errors="replace")  # type: ignore[attr-defined]
+                found = READY.search(text)
+                if found and "ready." in text:
+                    model_id = found.group(1)
+                    break
+                if process.poll() is not None:
+                    sys.exit(f"worker exited:\n{text[-3000:]}")
+                time.sleep(0.2)
+            self.ready_s.append(time.perf_counter() - started)
+        return model_id
+
+    def peaks(self) -> list[float]:
+        return [peak_mib(pid) for p in self.processes for pid in group_pids(p.pid)]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            process.wait(timeout=60)
+        self.processes = []
+
+
+def build(env: dict[str, str], url: str) -> dict[str, float]:
+    """``lookalike index --stored`` on the workers; the build's seconds (finalise to end),
+    from the job's own timestamps as polled here."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE neighbours"))
+    started = time.perf_counter()
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cli", "index", "--stored"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    finalising: float | None = None
+    while cli.poll() is None:
+        with engine.connect() as connection:
+            state = connection.execute(
+                text("SELECT state FROM jobs ORDER BY created_at DESC LIMIT 1")
+            ).scalar()
+        if state == "finalising" and finalising is None:
+            finalising = time.perf_counter()
+        time.sleep(0.2)
+    ended = time.perf_counter()
+    _out, err = cli.communicate()
+    if cli.returncode != 0:
+        sys.exit(f"index failed:\n{err[-3000:]}")
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT count(*) FROM neighbours")).scalar()
+        blocks = connection.execute(text("SELECT count(*) FROM build_blocks")).scalar()
+    engine.dispose()
+    return {
+        "job_s": ended - started,
+        "build_s": ended - (finalising or started),
+        "list_rows": float(rows or 0),
+        "blocks_total": float(blocks or 0),
+    }
+
+
+def faiss_reference(vectors: np.ndarray, threads: int) -> float:
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    started = time.perf_counter()
+    for start in range(0, len(vectors), 16384):
+        index.search(vectors[start : start + 16384], K + 1)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--products", type=int, default=200_000)
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "lookalike-data")
+    parser.add_argument("--json", type=Path, help="Write results here after every stage.")
+    parser.add_argument("--keep-database", action="store_true")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {
+        "products": args.products,
+        "machine": machine(),
+        "commit": commit(),
+    }
+
+    def save(**stage: Any) -> None:
+        results.update(stage)
+        print(json.dumps(stage), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
+    base = base_vectors(args.data, args.data / "scale-cache" / "fashion-dev-64.npy")
+    vectors = synthetic(base, args.products)
+    top1 = faiss_top1(vectors[:20_000])
+    save(base_vectors=len(base), dim=int(vectors.shape[1]), synthetic_top1_mean=top1)
+
+    url = create_database()
+    work = Path(tempfile.mkdtemp(prefix="lookalike-scale-"))
+    env = lookalike_env(
+        LOOKALIKE_DATABASE_URL=url,
+        LOOKALIKE_BROKER_URL=os.environ.get("LOOKALIKE_BROKER_URL", "redis://127.0.0.1:6379/0"),
+        LOOKALIKE_QUEUE=f"lookalike-scale-{uuid.uuid4().hex[:6]}",
+        LOOKALIKE_PCA_DIMS="0",
+        LOOKALIKE_CHUNK_SIZE="100000",  # the stored vectors need no embedding: few chunks
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "cli", "db", "upgrade"], env=env, check=True, capture_output=True
+        )
+        for count in (1, 2):
+            (work / f"{count}-workers").mkdir()
+            pool = Workers(env, work / f"{count}-workers")
+            model_id = pool.start(count)
+            if count == 1:
+                save(write_s=write_catalogue(url, model_id, vectors))
+            measured = build(env, url)
+            save(
+                **{f"workers_{count}": measured},
+                **{f"workers_{count}_peak_mib": pool.peaks()},
+                **{f"workers_{count}_ready_s": pool.ready_s},
+            )
+            pool.stop()
+        for threads in (1, 2):
+            save(**{f"faiss_flat_{threads}_thread_s": faiss_reference(vectors, threads)})
+    finally:
+        if not args.keep_database:
+            drop_database(url)
+    one, two = results["workers_1"]["build_s"], results["workers_2"]["build_s"]
+    save(speedup=one / two, vs_faiss_2_threads=two / results["faiss_flat_2_thread_s"])
+
+
+def faiss_top1(vectors: np.ndarray) -> float:
+    """Mean similarity of each vector's nearest other one (a sanity figure for the mix)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    scores, _ = index.search(vectors, 2)
+    return float(scores[:, 1].mean())
+
+
+if __name__ == "__main__":
+    main()
