@@ -262,7 +262,7 @@ def test_jobs_search_and_add_pages(pages: FlaskClient, pages_app: Flask) -> None
     row = html.split('class="job"', 1)[1].split("</tr>", 1)[0]
     assert "state-succeeded" in row and "1 photo failed" in row
     assert "<strong>broken</strong>" in row and "truncated" in row
-    assert re.search(r'<progress max="13" value="13"', row)
+    assert re.search(r'<progress max="14" value="14"', row)  # 13 photos, then one block
     assert re.search(r'class="duration">\d+\.\d s<', row)
 
     search = page(pages, "/search")

@@ -157,6 +157,7 @@ def test_a_task_running_past_the_visibility_timeout_stays_with_its_worker(
     assert took and max(took) > 2 * visibility, "the chunk was too quick to prove anything"
     received = re.findall(r"Task (lookalike\.\w+)\[([0-9a-f-]+)\] received", logs)
     assert sorted(name for name, _ in received) == [
+        "lookalike.build_block",  # one block: a small catalogue
         "lookalike.finalise_index",
         "lookalike.index_chunk",
     ]
