@@ -189,7 +189,13 @@ def build_block(context: Context, session: Session, job_id: str, block_no: int) 
     )
     summary = _index_summary(session, job, context.encoder.model_id, space, written)
     finish_job(job, result=summary.as_result())
-    log.info("index done job=%s products=%d lists_written=%d", job_id, summary.embedded, written)
+    log.info(
+        "index done job=%s products=%d lists_written=%d finish_seconds=%.1f",
+        job_id,
+        summary.embedded,
+        written,
+        time.perf_counter() - started,
+    )
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,9 @@ from core.neighbour_table import (
     listed_products,
     lock_neighbour_table,
     log_list_writes,
-    read_lists,
-    write_lists,
 )
-from core.neighbour_updates import listed_rows
-from core.neighbours import Neighbours, changed_rows, top_k
+from core.neighbour_updates import listed_rows, write_changed
+from core.neighbours import top_k
 from core.space_reader import SpaceReader
 from core.spaces import Space
 from core.vectors import VectorSet
@@ -171,19 +169,7 @@ def run_block(
         fresh = top_k(vectors.vectors, k, search_block, queries=rows, groups=groups)
         ids = vectors.ids[block.row_start : block.row_stop]
         before = lock_neighbour_table(session)  # only to write: blocks compute in parallel
-        stored, untidy = read_lists(session, vectors, ids, space, k, part=True)
-        untidy_rows = [row for row, pid in enumerate(ids) if pid in untidy]
-        changed = np.union1d(changed_rows(stored, fresh), np.array(untidy_rows, dtype=np.int64))
-        changed_ids = [ids[row] for row in changed]
-        write_lists(
-            session,
-            vectors,
-            changed_ids,
-            Neighbours(fresh.positions[changed], fresh.scores[changed]),
-            space,
-            Neighbours(stored.positions[changed], stored.scores[changed]),
-            untidy,
-        )
+        changed_ids = write_changed(session, space, vectors, ids, fresh, k, part=True)
         log_list_writes(session, before, changed_ids)
         written = len(changed_ids)
     block.written = written

@@ -54,10 +54,33 @@ def rebuild_lists(
     before = lock_neighbour_table(session)
     vectors, _, groups = listed_rows(session, space, reader)
     fresh = top_k(vectors.vectors, k, block_size, groups=groups)
-    stored, untidy = read_lists(session, vectors, vectors.ids, space, k)
+    changed_ids = write_changed(session, space, vectors, vectors.ids, fresh, k)
+    orphans = sorted(listed_products(session) - set(vectors.ids))
+    delete_lists(session, orphans)
+    after = log_list_writes(session, before, changed_ids + orphans)
+    listed = fresh.positions[:, 0] != NO_NEIGHBOUR
+    ends = ListEnds(k, vectors, listed, fresh.scores[:, k - 1].copy(), {})
+    reader.keep_list_ends(session, space, ends, after)
+    return len(changed_ids) + len(orphans)
+
+
+def write_changed(
+    session: Session,
+    space: Space,
+    vectors: VectorSet,
+    product_ids: Sequence[str],
+    fresh: Neighbours,
+    k: int,
+    *,
+    part: bool = False,
+) -> list[str]:
+    """Make the stored lists of ``product_ids`` equal ``fresh`` (theirs, in that order),
+    writing only those that differ; returns the ids written. ``part`` as for ``read_lists``."""
+    stored, untidy = read_lists(session, vectors, product_ids, space, k, part=part)
     # Lists with rows read as absent (another space's, say) count as changed too.
-    rows = np.union1d(changed_rows(stored, fresh), vectors.positions_found(untidy))
-    changed_ids = [vectors.ids[row] for row in rows]
+    untidy_rows = [row for row, pid in enumerate(product_ids) if pid in untidy]
+    rows = np.union1d(changed_rows(stored, fresh), np.array(untidy_rows, dtype=np.int64))
+    changed_ids = [product_ids[row] for row in rows]
     write_lists(
         session,
         vectors,
@@ -67,13 +90,7 @@ def rebuild_lists(
         Neighbours(stored.positions[rows], stored.scores[rows]),
         untidy,
     )
-    orphans = sorted(listed_products(session) - set(vectors.ids))
-    delete_lists(session, orphans)
-    after = log_list_writes(session, before, changed_ids + orphans)
-    listed = fresh.positions[:, 0] != NO_NEIGHBOUR
-    ends = ListEnds(k, vectors, listed, fresh.scores[:, k - 1].copy(), {})
-    reader.keep_list_ends(session, space, ends, after)
-    return len(changed_ids) + len(orphans)
+    return changed_ids
 
 
 @dataclass(frozen=True)
