@@ -19,7 +19,7 @@ from cli.progress import Progress
 from cli.session import command_context, sessions
 from core.catalogue import Catalogue, read_catalogue
 from core.context import Context
-from core.job_steps import IndexSummary
+from core.index_summary import IndexSummary
 from core.jobs import JobState, fail_job, get_job, state_of
 from core.models import Job
 from core.products import stored_items

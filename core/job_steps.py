@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 from core import neighbour_build, nuisance, partition, twins
 from core.context import Context
 from core.errors import InvalidImage, JobNotFound
+from core.index_summary import index_summary
 from core.jobs import (
     ChunkState,
     JobState,
@@ -35,12 +35,12 @@ from core.jobs import (
     state_of,
 )
 from core.media import job_photos, remove_unreferenced
-from core.models import Job, JobChunk, Product
+from core.models import JobChunk, Product
 from core.neighbour_table import lock_neighbour_table
-from core.neighbour_updates import delete_products, rebuild_lists, update_lists
+from core.neighbour_updates import delete_products, update_lists
 from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
-from core.products import ProductSync, embed_pending, pending_products
+from core.products import embed_pending, pending_products
 from core.spaces import ProjectionSettings, Space, project_queries, resolve_space
 from core.uploads import take_back
 from core.vectors import VectorSet
@@ -185,9 +185,9 @@ def build_block(context: Context, session: Session, job_id: str, block_no: int) 
     # The space as the settings give it now: a change of setting since the plan rebuilds.
     space = _space(context, session)
     written = neighbour_build.finish_build(
-        session, job, space, context.spaces, s.neighbours, s.block_size, rebuild_lists
+        session, job, space, context.spaces, s.neighbours, s.block_size
     )
-    summary = _index_summary(session, job, context.encoder.model_id, space, written)
+    summary = index_summary(session, job, context.encoder.model_id, space, written)
     finish_job(job, result=summary.as_result())
     log.info(
         "index done job=%s products=%d lists_written=%d finish_seconds=%.1f",
@@ -195,66 +195,6 @@ def build_block(context: Context, session: Session, job_id: str, block_no: int) 
         summary.embedded,
         written,
         time.perf_counter() - started,
-    )
-
-
-@dataclass(frozen=True)
-class IndexSummary:
-    """What an index job did, as its result records it."""
-
-    job_id: str
-    products: ProductSync
-    embedded: int
-    failed: int
-    skipped: int
-    lists_written: int
-    space_id: str
-
-    def as_result(self) -> dict[str, Any]:
-        # "model_id" is the API's name for the space the lists were built in.
-        return {
-            "model_id": self.space_id,
-            "products_added": self.products.added,
-            "products_changed": self.products.changed,
-            "products_unchanged": self.products.unchanged,
-            "embedded": self.embedded,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "lists_written": self.lists_written,
-        }
-
-    @classmethod
-    def of(cls, job: Job) -> IndexSummary:
-        """The summary of a finished index job."""
-        result = job.result or {}
-        products = ProductSync(
-            result.get("products_added", 0),
-            result.get("products_changed", 0),
-            result.get("products_unchanged", 0),
-        )
-        return cls(
-            job.id,
-            products,
-            result.get("embedded", 0),
-            result.get("failed", 0),
-            result.get("skipped", 0),
-            result.get("lists_written", 0),
-            result.get("model_id", ""),
-        )
-
-
-def _index_summary(
-    session: Session, job: Job, embedding_model_id: str, space: Space, written: int
-) -> IndexSummary:
-    chunks = session.execute(
-        select(JobChunk.product_ids, JobChunk.skipped).where(JobChunk.job_id == job.id)
-    ).all()
-    ids = [pid for product_ids, _ in chunks for pid in product_ids]
-    skipped = sum(count for _, count in chunks)
-    failed = len(pending_products(session, embedding_model_id, ids))
-    products = ProductSync(**job.params.get("products", {}))
-    return IndexSummary(
-        job.id, products, len(ids) - failed - skipped, failed, skipped, written, space.id
     )
 
 

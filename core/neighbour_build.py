@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
 from core.errors import JobNotFound
-from core.jobs import JobState, get_job, state_of
+from core.jobs import ChunkState, JobState, get_job, state_of
 from core.models import BuildBlock, Job, JobChunk
 from core.neighbour_table import (
     delete_lists,
@@ -37,17 +37,14 @@ from core.neighbour_table import (
     lock_neighbour_table,
     log_list_writes,
 )
-from core.neighbour_updates import listed_rows, write_changed
+from core.neighbour_updates import listed_rows, rebuild_lists, write_changed
 from core.neighbours import top_k
 from core.space_reader import SpaceReader
 from core.spaces import Space
 from core.vectors import VectorSet
 
-
-class BlockState:
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
+# A block goes through the states a chunk of photos does.
+BlockState = ChunkState
 
 
 @dataclass(frozen=True)
@@ -197,14 +194,13 @@ def finish_build(
     reader: SpaceReader,
     k: int,
     search_block: int,
-    rebuild: Any,
 ) -> int:
     """Remove the lists of products without a row; when the rows changed since the plan,
     rebuild in one go. Returns the number of lists written or removed by the whole build."""
     before = lock_neighbour_table(session)
     vectors, _, groups = listed_rows(session, space, reader)
     if BuildPlan.of(job) != _plan_of(space, vectors, groups):
-        return int(rebuild(session, space, reader, k, search_block))
+        return rebuild_lists(session, space, reader, k, search_block)
     orphans = sorted(listed_products(session) - set(vectors.ids))
     delete_lists(session, orphans)
     log_list_writes(session, before, orphans)

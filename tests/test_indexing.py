@@ -16,7 +16,7 @@ from core.catalogue import CatalogueItem, read_catalogue
 from core.db import make_engine, make_sessionmaker
 from core.encoder import PixelEncoder
 from core.errors import NotIndexed, ProductNotFound
-from core.job_steps import IndexSummary
+from core.index_summary import IndexSummary
 from core.jobs import job_errors
 from core.list_ends import read_list_ends
 from core.lookalikes import similar_products

@@ -16,7 +16,7 @@ from core import nuisance
 from core.catalogue import read_catalogue
 from core.db import make_engine
 from core.encoder import PixelEncoder, VGG16Encoder, l2_normalise
-from core.job_steps import IndexSummary
+from core.index_summary import IndexSummary
 from core.models import Neighbour, ProjectionRecord
 from core.neighbour_updates import update_lists
 from core.products import sync_products
