@@ -60,7 +60,8 @@ READY = re.compile(r"worker process ready with model (\S+)")
 def base_vectors(data: Path, cache: Path) -> np.ndarray:
     """fashion-dev's vectors in its 64-d space (indexed once, then cached)."""
     if cache.is_file():
-        return np.load(cache)
+        cached: np.ndarray = np.load(cache)
+        return cached
     from core.db import make_engine, make_sessionmaker
     from core.models import Neighbour
     from core.spaces import Space, load_space_vectors
