@@ -140,7 +140,7 @@ def _print_summary(job: Job) -> None:
         f"skipped {summary.skipped} already embedded, {summary.failed} failed; "
         f"{summary.lists_written} neighbour lists written"
     )
-    click.echo(f"lists built in {summary.space_id}")
+    click.echo(f"lists built in {summary.space_id} ({summary.search})")
     click.echo(f"job {job.id} succeeded: {json.dumps(job.result)}")
     if summary.failed:
         click.echo("failed images are listed with: lookalike errors", err=True)

@@ -24,9 +24,21 @@ class IndexSummary:
     skipped: int
     lists_written: int
     space_id: str
+    # An approximate build's lowest sampled recall@k (core.approximate); None: exact.
+    recall: float | None = None
+
+    @property
+    def search(self) -> str:
+        """How the build searched, in words."""
+        if self.recall is None:
+            return "exact"
+        return f"approximate, recall {self.recall:.3f} on a sample"
 
     def as_result(self) -> dict[str, Any]:
         # "model_id" is the API's name for the space the lists were built in.
+        search: dict[str, Any] = {"mode": "exact" if self.recall is None else "approximate"}
+        if self.recall is not None:
+            search["sampled_recall"] = round(self.recall, 4)
         return {
             "model_id": self.space_id,
             "products_added": self.products.added,
@@ -36,6 +48,7 @@ class IndexSummary:
             "failed": self.failed,
             "skipped": self.skipped,
             "lists_written": self.lists_written,
+            "neighbour_search": search,
         }
 
     @classmethod
@@ -55,11 +68,17 @@ class IndexSummary:
             result.get("skipped", 0),
             result.get("lists_written", 0),
             result.get("model_id", ""),
+            result.get("neighbour_search", {}).get("sampled_recall"),
         )
 
 
 def index_summary(
-    session: Session, job: Job, embedding_model_id: str, space: Space, written: int
+    session: Session,
+    job: Job,
+    embedding_model_id: str,
+    space: Space,
+    written: int,
+    recall: float | None = None,
 ) -> IndexSummary:
     chunks = session.execute(
         select(JobChunk.product_ids, JobChunk.skipped).where(JobChunk.job_id == job.id)
@@ -69,5 +88,5 @@ def index_summary(
     failed = len(pending_products(session, embedding_model_id, ids))
     products = ProductSync(**job.params.get("products", {}))
     return IndexSummary(
-        job.id, products, len(ids) - failed - skipped, failed, skipped, written, space.id
+        job.id, products, len(ids) - failed - skipped, failed, skipped, written, space.id, recall
     )

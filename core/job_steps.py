@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import neighbour_build, nuisance, partition, twins
+from core.approximate import BuildSearch
 from core.context import Context
 from core.errors import InvalidImage, JobNotFound
 from core.index_summary import index_summary
@@ -155,7 +156,15 @@ def finalise_index(context: Context, session: Session, job_id: str) -> Commits:
     lock_neighbour_table(session)  # before the projection is chosen: one fit at a time
     space = _space(context, session, refit=bool(job.params.get("refit")))
     job.state = JobState.FINALISING.value
-    pending = neighbour_build.plan_build(session, job, space, context.spaces, s.build_block_rows)
+    pending = neighbour_build.plan_build(
+        session,
+        job,
+        space,
+        context.spaces,
+        s.build_block_rows,
+        BuildSearch.of(s),
+        s.neighbours,
+    )
     log.info("build planned job=%s space=%s blocks=%d", job_id, space.id, len(pending))
     yield  # the plan is committed before any block may start
     for block_no in pending:
@@ -185,9 +194,10 @@ def build_block(context: Context, session: Session, job_id: str, block_no: int) 
     # The space as the settings give it now: a change of setting since the plan rebuilds.
     space = _space(context, session)
     written = neighbour_build.finish_build(
-        session, job, space, context.spaces, s.neighbours, s.block_size
+        session, job, space, context.spaces, s.neighbours, s.block_size, BuildSearch.of(s)
     )
-    summary = index_summary(session, job, context.encoder.model_id, space, written)
+    recall = neighbour_build.build_recall(session, job_id)
+    summary = index_summary(session, job, context.encoder.model_id, space, written, recall)
     finish_job(job, result=summary.as_result())
     log.info(
         "index done job=%s products=%d lists_written=%d finish_seconds=%.1f",

@@ -220,6 +220,21 @@ class BuildBlock(Base):
     written: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+class BuildIndex(Base):
+    """The approximate index of one group of an index job's build (``core.approximate``):
+    its k-means centroids, the probe calibrated on a sample of its rows, and the recall@k that
+    sample measured. Stored with the plan, so every block searches the same index."""
+
+    __tablename__ = "build_indexes"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    group_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    probe: Mapped[int] = mapped_column(Integer)
+    recall: Mapped[float] = mapped_column(Float)
+    centroids: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ImageError(Base):
     """A photo that could not be used, and why. The rest of its job went on."""
 

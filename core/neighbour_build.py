@@ -12,6 +12,9 @@ table is exact whatever ran meanwhile.
 
 Blocks compute without any lock and take the neighbour table's lock only to write, so they
 run in parallel and their writes queue briefly.
+
+An approximate build (``core.approximate``) calibrates and stores each large group's index when
+it is planned; a worker opens those indexes once for all the blocks of the build it runs.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
+from core import approximate
+from core.approximate import BuildSearch, IvfPlan, IvfSearch
 from core.errors import JobNotFound
 from core.jobs import ChunkState, JobState, get_job, state_of
-from core.models import BuildBlock, Job, JobChunk
+from core.models import BuildBlock, BuildIndex, Job, JobChunk
 from core.neighbour_table import (
     delete_lists,
     listed_products,
@@ -54,14 +59,32 @@ class BuildPlan:
     space_id: str
     rows: int
     digest: str  # of the rows' ids and groups: the blocks and the finish check they agree
+    approximate: bool = False  # the groups' indexes are in build_indexes
 
     def as_params(self) -> dict[str, Any]:
-        return {"space_id": self.space_id, "rows": self.rows, "digest": self.digest}
+        return {
+            "space_id": self.space_id,
+            "rows": self.rows,
+            "digest": self.digest,
+            "approximate": self.approximate,
+        }
 
     @classmethod
     def of(cls, job: Job) -> BuildPlan | None:
         found = (job.params or {}).get("build")
-        return None if found is None else cls(found["space_id"], found["rows"], found["digest"])
+        if found is None:
+            return None
+        return cls(
+            found["space_id"], found["rows"], found["digest"], found.get("approximate", False)
+        )
+
+    def fits(self, space: Space, vectors: VectorSet, groups: np.ndarray | None) -> bool:
+        """Whether ``vectors`` (in ``space``, grouped by ``groups``) are the rows planned."""
+        return (self.space_id, self.rows, self.digest) == (
+            space.id,
+            len(vectors.ids),
+            _digest(vectors, groups),
+        )
 
 
 def _digest(vectors: VectorSet, groups: np.ndarray | None) -> str:
@@ -71,8 +94,8 @@ def _digest(vectors: VectorSet, groups: np.ndarray | None) -> str:
     return hasher.hexdigest()[:32]
 
 
-def _plan_of(space: Space, vectors: VectorSet, groups: np.ndarray | None) -> BuildPlan:
-    return BuildPlan(space.id, len(vectors.ids), _digest(vectors, groups))
+# The indexes of the build a process ran a block of last (``IndexCache``: one build's).
+_OPEN_INDEXES = approximate.IndexCache()
 
 
 def worker_name() -> str:
@@ -81,20 +104,32 @@ def worker_name() -> str:
 
 
 def plan_build(
-    session: Session, job: Job, space: Space, reader: SpaceReader, block_rows: int
+    session: Session,
+    job: Job,
+    space: Space,
+    reader: SpaceReader,
+    block_rows: int,
+    search: BuildSearch,
+    k: int,
 ) -> list[int]:
     """Split the build of ``space`` into blocks (rows of ``build_blocks``) and record the plan
-    in the job. A job that has a plan already keeps it (a redelivered finalise).
+    in the job; for an approximate build (as ``search`` decides for this many rows), calibrate
+    and store each large group's index. A job that has a plan already keeps it (a redelivered
+    finalise).
 
     Returns:
         The numbers of the blocks not done yet: the ones to send.
     """
     if BuildPlan.of(job) is None:
         vectors, _, groups = listed_rows(session, space, reader)
-        plan = _plan_of(space, vectors, groups)
         rows = len(vectors.ids)
+        approximate_build = search.approximate(rows)
+        plan = BuildPlan(space.id, rows, _digest(vectors, groups), approximate_build)
         starts = list(range(0, rows, block_rows)) or [0]
         session.execute(delete(BuildBlock).where(BuildBlock.job_id == job.id))
+        session.execute(delete(BuildIndex).where(BuildIndex.job_id == job.id))
+        if approximate_build:
+            _store_indexes(session, job.id, plan, vectors, groups, k, search.recall)
         session.add_all(
             BuildBlock(
                 job_id=job.id,
@@ -161,9 +196,12 @@ def run_block(
     vectors, _, groups = listed_rows(session, space, reader)
     written = 0
     # Rows that changed since the plan are left to the finish, which rebuilds.
-    if plan is not None and plan == _plan_of(space, vectors, groups):
+    if plan is not None and plan.fits(space, vectors, groups):
         rows = np.arange(block.row_start, block.row_stop)
-        fresh = top_k(vectors.vectors, k, search_block, queries=rows, groups=groups)
+        indexes = _indexes(session, job_id, plan, vectors, groups) if plan.approximate else {}
+        fresh = top_k(
+            vectors.vectors, k, search_block, queries=rows, groups=groups, indexes=indexes
+        )
         ids = vectors.ids[block.row_start : block.row_stop]
         before = lock_neighbour_table(session)  # only to write: blocks compute in parallel
         changed_ids = write_changed(session, space, vectors, ids, fresh, k, part=True)
@@ -194,13 +232,16 @@ def finish_build(
     reader: SpaceReader,
     k: int,
     search_block: int,
+    search: BuildSearch,
 ) -> int:
     """Remove the lists of products without a row; when the rows changed since the plan,
-    rebuild in one go. Returns the number of lists written or removed by the whole build."""
+    rebuild in one go (``search`` as for the plan). Returns the number of lists written or
+    removed by the whole build."""
     before = lock_neighbour_table(session)
     vectors, _, groups = listed_rows(session, space, reader)
-    if BuildPlan.of(job) != _plan_of(space, vectors, groups):
-        return rebuild_lists(session, space, reader, k, search_block)
+    plan = BuildPlan.of(job)
+    if plan is None or not plan.fits(space, vectors, groups):
+        return rebuild_lists(session, space, reader, k, search_block, search)
     orphans = sorted(listed_products(session) - set(vectors.ids))
     delete_lists(session, orphans)
     log_list_writes(session, before, orphans)
@@ -208,3 +249,60 @@ def finish_build(
         select(func.coalesce(func.sum(BuildBlock.written), 0)).where(BuildBlock.job_id == job.id)
     )
     return int(blocks or 0) + len(orphans)
+
+
+def build_recall(session: Session, job_id: str) -> float | None:
+    """The lowest sampled recall@k of an approximate build's indexes (None: exact)."""
+    return session.scalar(select(func.min(BuildIndex.recall)).where(BuildIndex.job_id == job_id))
+
+
+def _store_indexes(
+    session: Session,
+    job_id: str,
+    plan: BuildPlan,
+    vectors: VectorSet,
+    groups: np.ndarray | None,
+    k: int,
+    recall: float,
+) -> None:
+    opened: dict[int, IvfSearch] = {}
+    for group, rows in approximate.large_groups(len(vectors.ids), groups).items():
+        found, opened[group] = approximate.calibrate(vectors.vectors, rows, k, recall)
+        session.add(
+            BuildIndex(
+                job_id=job_id,
+                group_no=group,
+                rows=len(rows),
+                probe=found.probe,
+                recall=found.recall,
+                centroids=found.to_bytes(),
+            )
+        )
+    _OPEN_INDEXES.put(_index_key(job_id, plan), opened)
+
+
+def _index_key(job_id: str, plan: BuildPlan) -> str:
+    return f"{job_id}:{plan.digest}"
+
+
+def _indexes(
+    session: Session,
+    job_id: str,
+    plan: BuildPlan,
+    vectors: VectorSet,
+    groups: np.ndarray | None,
+) -> dict[int, IvfSearch]:
+    """The build's stored indexes over ``vectors``, opened once per process."""
+
+    def open_all() -> dict[int, IvfSearch]:
+        rows = approximate.large_groups(len(vectors.ids), groups)
+        return {
+            stored.group_no: approximate.open_index(
+                vectors.vectors,
+                rows[stored.group_no],
+                IvfPlan.from_bytes(stored.centroids, stored.probe, stored.recall),
+            )
+            for stored in session.scalars(select(BuildIndex).where(BuildIndex.job_id == job_id))
+        }
+
+    return _OPEN_INDEXES.get(_index_key(job_id, plan), open_all)

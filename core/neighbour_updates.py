@@ -16,6 +16,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from core import partition, twins
+from core.approximate import EXACT, BuildSearch
 from core.db import in_chunks
 from core.list_ends import ListEnds
 from core.models import Product
@@ -41,9 +42,15 @@ _ENTER_TILE = (8192, 256)
 
 
 def rebuild_lists(
-    session: Session, space: Space, reader: SpaceReader, k: int, block_size: int
+    session: Session,
+    space: Space,
+    reader: SpaceReader,
+    k: int,
+    block_size: int,
+    search: BuildSearch = EXACT,
 ) -> int:
-    """Make the neighbour table exactly the top-k of every vector of ``space``.
+    """Make the neighbour table exactly the top-k of every vector of ``space`` (or, when
+    ``search`` makes a build of this size approximate, ``core.approximate``'s top-k).
 
     Computes every list, then rewrites only those that differ from the table (and drops lists
     of products without a vector in this space).
@@ -53,7 +60,8 @@ def rebuild_lists(
     """
     before = lock_neighbour_table(session)
     vectors, _, groups = listed_rows(session, space, reader)
-    fresh = top_k(vectors.vectors, k, block_size, groups=groups)
+    indexes = search.indexes(vectors.vectors, groups, k)
+    fresh = top_k(vectors.vectors, k, block_size, groups=groups, indexes=indexes)
     changed_ids = write_changed(session, space, vectors, vectors.ids, fresh, k)
     orphans = sorted(listed_products(session) - set(vectors.ids))
     delete_lists(session, orphans)

@@ -12,11 +12,13 @@ blocks it was computed in: an incremental update then matches a full rebuild exa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
+
+from core.approximate import IvfSearch
 
 NO_NEIGHBOUR = -1
 
@@ -59,6 +61,7 @@ def top_k(
     queries: Sequence[int] | np.ndarray | None = None,
     candidates: Sequence[int] | np.ndarray | None = None,
     groups: np.ndarray | None = None,
+    indexes: Mapping[int, IvfSearch] | None = None,
 ) -> Neighbours:
     """Exact top-k cosine neighbours of ``queries`` among ``candidates``, never itself.
 
@@ -70,6 +73,9 @@ def top_k(
         candidates: positions that may be neighbours (default: all).
         groups: a group number per row (``core.partition``): a query's neighbours then come
             from its own group only (default: one group).
+        indexes: approximate search (``core.approximate``): an index of every row of a group
+            (group 0 when ungrouped) finds that group's candidates instead of a full scan;
+            groups without one are searched exactly.
 
     Returns:
         Lists for each query, in the order of ``queries``.
@@ -77,14 +83,16 @@ def top_k(
     n = len(vectors)
     query_pos = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     cand_pos = np.arange(n) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    indexes = indexes or {}
     if groups is None:
-        return _search(vectors, query_pos, vectors, cand_pos, k, block_size)
+        return _search(vectors, query_pos, vectors, cand_pos, k, block_size, indexes.get(0))
     result = empty_lists(len(query_pos), k)
     query_groups, cand_groups = groups[query_pos], groups[cand_pos]
     for group in np.unique(query_groups):
         rows = np.flatnonzero(query_groups == group)
         within = cand_pos[cand_groups == group]
-        found = _search(vectors, query_pos[rows], vectors, within, k, block_size)
+        index = indexes.get(int(group))
+        found = _search(vectors, query_pos[rows], vectors, within, k, block_size, index)
         result.positions[rows], result.scores[rows] = found.positions, found.scores
     return result
 
@@ -112,17 +120,20 @@ def _search(
     cand_pos: np.ndarray,
     k: int,
     block_size: int,
+    index: IvfSearch | None = None,
 ) -> Neighbours:
     """Top-k of ``query_vectors`` (whose own positions are ``query_pos``, -1 for none) among
-    ``vectors[cand_pos]``."""
+    ``vectors[cand_pos]``; with ``index`` (holding exactly those rows), approximately."""
     count = len(query_pos)
     if count == 0 or len(cand_pos) == 0:
         return empty_lists(count, k)
     cand_pos = np.sort(cand_pos)  # ascending, so that ties favour the smaller position
+    if index is not None and not np.array_equal(index.positions, cand_pos):
+        raise ValueError("an approximate index must hold exactly the candidate rows")
     running = _float32_candidates(
-        query_vectors, query_pos, vectors, cand_pos, k + _MARGIN, block_size
+        query_vectors, query_pos, vectors, cand_pos, k + _MARGIN, block_size, index
     )
-    return _finish(query_vectors, query_pos, vectors, cand_pos, running, k)
+    return _finish(query_vectors, query_pos, vectors, cand_pos, running, k, settle=index is None)
 
 
 def _float32_candidates(
@@ -132,16 +143,22 @@ def _float32_candidates(
     cand_pos: np.ndarray,
     keep: int,
     block_size: int,
+    ivf: IvfSearch | None = None,
 ) -> Neighbours:
     """The best ``keep`` candidates of each query by float32 score, best first, never itself.
 
     Faiss's flat index is an exact search (BLAS products, a heap per query, OpenMP threads);
-    the order it gives tied scores does not matter, as _finish re-sorts by exact score.
+    the order it gives tied scores does not matter, as _finish re-sorts by exact score. An
+    ``ivf`` index scans only the rows of the lists nearest each query.
     """
     x32 = np.ascontiguousarray(vectors, dtype=np.float32)
     external = query_vectors is not vectors
-    index = faiss.IndexFlatIP(x32.shape[1])
-    index.add(x32 if len(cand_pos) == len(x32) else x32[cand_pos])
+    index: faiss.Index
+    if ivf is not None:
+        index = ivf.index
+    else:
+        index = faiss.IndexFlatIP(x32.shape[1])
+        index.add(x32 if len(cand_pos) == len(x32) else x32[cand_pos])
     # One more than needed, so that a query's own entry can be dropped.
     wanted = min(keep + 1, len(cand_pos))
     running = empty_lists(len(query_pos), keep)
@@ -179,9 +196,10 @@ def _finish(
     cand_pos: np.ndarray,
     running: Neighbours,
     k: int,
+    settle: bool = True,
 ) -> Neighbours:
-    """Rescore the float32 candidates in float64, keep the best k, and redo exactly any row
-    where float32 could have hidden a better candidate."""
+    """Rescore the float32 candidates in float64, keep the best k, and (``settle``) redo
+    exactly any row where float32 could have hidden a better candidate."""
     external = query_vectors is not vectors
     result = empty_lists(len(query_pos), k)
     uncertain: list[np.ndarray] = []
@@ -206,7 +224,7 @@ def _finish(
         doubt = valid.all(axis=1) & (cut_off >= best[:, -1] - _EPS)
         uncertain.append(np.flatnonzero(doubt) + r0)
     redo = np.concatenate(uncertain)
-    if redo.size:
+    if settle and redo.size:
         _exact_rows(query_vectors, query_pos, vectors, cand_pos, redo, result, external)
     return result
 

@@ -112,6 +112,25 @@ class Settings(BaseSettings):
         description="Rows per block (task) of the full neighbour build; blocks run on any "
         "worker, in parallel.",
     )
+    neighbour_search: Literal["auto", "exact", "approximate"] = Field(
+        default="auto",
+        description="How a full neighbour build searches: exact (every pair), approximate "
+        "(faiss IVF, its probe calibrated to approximate_recall on a sample), or auto: exact "
+        "below approximate_from products, approximate from there. Adds and deletes are exact "
+        "in every mode.",
+    )
+    approximate_from: int = Field(
+        default=500_000,
+        ge=1,
+        description="Products from which an 'auto' build is approximate: an exact build of "
+        "500,000 takes about 15 minutes on two 2-core workers (BENCHMARKS.md).",
+    )
+    approximate_recall: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        description="Recall@k an approximate build aims at, measured on a sample of rows.",
+    )
     broker_url: str | None = Field(
         default=None,
         description="Celery broker. Unset: the CLI runs jobs in-process, and the web app and "

@@ -1,0 +1,221 @@
+"""Approximate full builds for large catalogues: faiss's inverted-file index (IVF, flat codes).
+
+An exact build scores every pair: about half an hour for a million products on two cores
+(BENCHMARKS.md). In approximate mode each group of rows large enough gets an IVF index: its
+rows are split among ``lists`` k-means centroids, and a query scans the rows of the ``probe``
+lists nearest to it. The candidates found are rescored exactly, as in exact mode, so what can
+be wrong is only a true neighbour that was never scanned.
+
+``probe`` is not a constant: when a build is planned, a sample of rows is searched exactly
+and with the index, and ``probe`` doubles until the sample's recall@k reaches the target
+(``LOOKALIKE_APPROXIMATE_RECALL``). The centroids, the probe and the recall measured are
+stored with the build (``core.models.BuildIndex``), so every block, on any worker, searches
+the same index and a block run twice computes the same lists.
+
+Incremental adds and deletes stay exact in both modes (``core.neighbour_updates``): a
+newcomer's list is its true top-k, and it enters every old list it belongs in. In
+approximate mode an update therefore equals "the approximate table, then the exact update",
+not an approximate rebuild (which would miss other pairs).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from core.settings import Settings
+
+Mode = Literal["auto", "exact", "approximate"]
+
+# Groups with fewer rows are searched exactly: cheap at that size, and an IVF gains nothing.
+MIN_ROWS = 20_000
+SAMPLE = 1_000  # rows whose exact lists calibrate the probe
+FIRST_PROBE = 4
+_SEED = 1234
+# Training points per centroid: k-means on a sample, so training stays seconds at 1M rows.
+_TRAIN_PER_LIST = 64
+_TRAIN_ITERATIONS = 20
+
+
+@dataclass(frozen=True)
+class BuildSearch:
+    """How full builds search (``LOOKALIKE_NEIGHBOUR_SEARCH`` and its two companions)."""
+
+    mode: Mode = "exact"
+    approximate_from: int = 500_000
+    recall: float = 0.98
+
+    @classmethod
+    def of(cls, settings: Settings) -> BuildSearch:
+        return cls(
+            settings.neighbour_search, settings.approximate_from, settings.approximate_recall
+        )
+
+    def approximate(self, rows: int) -> bool:
+        """Whether a full build of ``rows`` rows is approximate: ``auto`` switches at
+        ``approximate_from`` rows."""
+        if self.mode == "auto":
+            return rows >= self.approximate_from
+        return self.mode == "approximate"
+
+    def indexes(
+        self, vectors: np.ndarray, groups: np.ndarray | None, k: int
+    ) -> dict[int, IvfSearch]:
+        """Calibrated indexes of the large groups of ``vectors`` when a build of them is
+        approximate (none when exact): for a build in one go, which stores nothing."""
+        if not self.approximate(len(vectors)):
+            return {}
+        return {
+            group: calibrate(vectors, rows, k, self.recall)[1]
+            for group, rows in large_groups(len(vectors), groups).items()
+        }
+
+
+EXACT = BuildSearch()
+
+
+def large_groups(count: int, groups: np.ndarray | None) -> dict[int, np.ndarray]:
+    """The rows (ascending) of each group with at least :data:`MIN_ROWS` of ``count`` rows;
+    group 0 holds every row when ungrouped."""
+    if groups is None:
+        return {0: np.arange(count)} if count >= MIN_ROWS else {}
+    numbers, sizes = np.unique(groups, return_counts=True)
+    return {
+        int(group): np.flatnonzero(groups == group)
+        for group, size in zip(numbers, sizes, strict=True)
+        if size >= MIN_ROWS
+    }
+
+
+def lists_for(rows: int) -> int:
+    """Inverted lists for ``rows`` rows: about the square root, so that a list and the
+    centroids cost the same to scan (at least 39 rows per list, faiss's minimum to train)."""
+    return max(1, min(round(math.sqrt(rows)), rows // 39))
+
+
+@dataclass(frozen=True)
+class IvfPlan:
+    """One group's index as a build stores it: centroids, the calibrated probe, and the
+    recall@k the calibration sample measured at that probe."""
+
+    centroids: np.ndarray  # (lists, d) float32
+    probe: int
+    recall: float
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(self.centroids, dtype="<f4"))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, probe: int, recall: float) -> IvfPlan:
+        return cls(np.load(io.BytesIO(data)), probe, recall)
+
+
+@dataclass
+class IvfSearch:
+    """A group's rows in an IVF index, ready to search (the quantizer is kept alive beside the
+    index, which points to it)."""
+
+    index: faiss.IndexIVFFlat
+    quantizer: faiss.IndexFlatIP
+    positions: np.ndarray  # the rows the index holds, ascending: label i is positions[i]
+
+    @property
+    def probe(self) -> int:
+        return int(self.index.nprobe)
+
+
+def open_index(vectors: np.ndarray, positions: np.ndarray, plan: IvfPlan) -> IvfSearch:
+    """``vectors[positions]`` in an IVF index over ``plan``'s centroids."""
+    centroids = np.ascontiguousarray(plan.centroids, dtype=np.float32)
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(centroids)
+    index = faiss.IndexIVFFlat(
+        quantizer, centroids.shape[1], len(centroids), faiss.METRIC_INNER_PRODUCT
+    )
+    index.is_trained = True  # the centroids are the training
+    index.add(np.ascontiguousarray(vectors[positions], dtype=np.float32))
+    index.nprobe = plan.probe
+    return IvfSearch(index, quantizer, positions)
+
+
+def calibrate(
+    vectors: np.ndarray, positions: np.ndarray, k: int, target: float
+) -> tuple[IvfPlan, IvfSearch]:
+    """Train ``vectors[positions]``' centroids and find the smallest probe (doubling from
+    :data:`FIRST_PROBE`) whose recall@k on a sample of these rows reaches ``target``; all
+    lists, an exhaustive scan, when none below does."""
+    x32 = np.ascontiguousarray(vectors[positions], dtype=np.float32)
+    lists = lists_for(len(positions))
+    kmeans = faiss.Kmeans(
+        x32.shape[1],
+        lists,
+        niter=_TRAIN_ITERATIONS,
+        seed=_SEED,
+        spherical=True,
+        max_points_per_centroid=_TRAIN_PER_LIST,
+        verbose=False,
+    )
+    rng = np.random.default_rng(_SEED)
+    train = rng.choice(len(x32), min(len(x32), lists * _TRAIN_PER_LIST), replace=False)
+    kmeans.train(x32[np.sort(train)])
+    plan = IvfPlan(np.asarray(kmeans.centroids, dtype=np.float32), FIRST_PROBE, 0.0)
+    search = open_index(vectors, positions, plan)
+    sample = np.sort(rng.choice(len(x32), min(len(x32), SAMPLE), replace=False))
+    truth = _exact_sets(x32, sample, k)
+    probe = min(FIRST_PROBE, lists)
+    while True:
+        search.index.nprobe = probe
+        recall = _recall(search, x32[sample], sample, truth, k)
+        if recall >= target or probe >= lists:
+            break
+        probe = min(2 * probe, lists)
+    return IvfPlan(plan.centroids, probe, recall), search
+
+
+def _exact_sets(x32: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
+    """The exact top-k (local rows, itself excluded) of each sampled row, by float32 score."""
+    scores = x32[sample] @ x32.T
+    scores[np.arange(len(sample)), sample] = -np.inf
+    width = min(k, len(x32) - 1)
+    return np.argpartition(-scores, width - 1, axis=1)[:, :width]
+
+
+def _recall(
+    search: IvfSearch, queries: np.ndarray, own: np.ndarray, truth: np.ndarray, k: int
+) -> float:
+    _, labels = search.index.search(queries, k + 1)
+    labels[labels == own[:, None]] = -1
+    pairs = zip(labels, truth, strict=True)
+    hits = sum(len(np.intersect1d(found[found >= 0], want)) for found, want in pairs)
+    return hits / max(truth.size, 1)
+
+
+class IndexCache:
+    """A process's open indexes of the build it ran a block of last: the blocks of one build
+    that reach the same worker search the same index, opened once."""
+
+    def __init__(self, builds: int = 1) -> None:
+        self._limit = builds
+        self._open: OrderedDict[str, dict[int, IvfSearch]] = OrderedDict()
+
+    def get(self, key: str, open_all: Callable[[], dict[int, IvfSearch]]) -> dict[int, IvfSearch]:
+        found = self._open.get(key)
+        if found is None:
+            while self._open and len(self._open) >= self._limit:
+                self._open.popitem(last=False)  # first: two builds' indexes never held at once
+            found = self._open[key] = open_all()
+        self._open.move_to_end(key)
+        return found
+
+    def put(self, key: str, indexes: dict[int, IvfSearch]) -> None:
+        """Keep ``indexes``, just opened (a plan calibrating them), for ``key``'s blocks."""
+        self.get(key, lambda: indexes)
