@@ -15,10 +15,16 @@ Side by side in one run:
   every block's search and its list rows written to PostgreSQL;
 * faiss ``IndexFlatIP`` searching every vector's k+1 nearest in this process (1 and 2 threads):
   the search alone, no rescoring and no writes, as the reference;
-* peak resident memory of every worker process, and how long a cold worker takes to be ready.
+* peak resident memory of every worker process, and how long a cold worker takes to be ready;
+* the approximate build (``LOOKALIKE_NEIGHBOUR_SEARCH=approximate``) through 2 workers, and
+  pynndescent's k-NN graph of the same vectors on 2 threads: seconds and recall@10 of each,
+  measured on 2,000 sampled rows against their exact lists (as is every exact build's, 1.0).
 
     python bench/scale.py --products 200000
     python bench/scale.py --products 1000000 --json scale.json   # partial results as it goes
+    python bench/scale.py --products 1000000 --stages approximate,pynndescent
+
+pynndescent is the bench's own dependency: ``pip install pynndescent``.
 """
 
 from __future__ import annotations
@@ -230,13 +236,71 @@ def faiss_reference(vectors: np.ndarray, threads: int) -> float:
     return time.perf_counter() - started
 
 
+SAMPLE = 2_000  # rows whose exact lists the approximate builds are scored against
+
+
+def exact_sample(vectors: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """The exact top-k rows of each sampled row (itself excluded)."""
+    import faiss
+
+    _, labels = faiss.knn(vectors[sample], vectors, K + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    pairs = zip(labels, sample, strict=True)
+    return np.array([[n for n in row if n != own][:K] for row, own in pairs])
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True))
+    return hits / truth.size
+
+
+def table_sample(url: str, sample: np.ndarray) -> np.ndarray:
+    """The stored lists of the sampled rows, as row numbers."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    ids = [f"s{n:07d}" for n in sample]
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT product_id, neighbour_id FROM neighbours WHERE product_id = ANY(:ids) "
+                "ORDER BY product_id, rank"
+            ),
+            {"ids": ids},
+        ).all()
+    engine.dispose()
+    lists: dict[str, list[int]] = {}
+    for pid, neighbour in rows:
+        lists.setdefault(pid, []).append(int(neighbour[1:]))
+    return np.array([(lists.get(pid, []) + [-1] * K)[:K] for pid in ids])
+
+
+def pynndescent_graph(vectors: np.ndarray, sample: np.ndarray) -> tuple[float, np.ndarray]:
+    """pynndescent's k-NN graph of the same vectors on 2 threads: seconds, sampled lists."""
+    from pynndescent import NNDescent
+
+    started = time.perf_counter()
+    graph = NNDescent(vectors, metric="dot", n_neighbors=K + 1, n_jobs=2, random_state=16)
+    labels, _ = graph.neighbor_graph
+    seconds = time.perf_counter() - started
+    found = np.array([[n for n in labels[own] if n != own][:K] for own in sample])
+    return seconds, found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--products", type=int, default=200_000)
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "lookalike-data")
     parser.add_argument("--json", type=Path, help="Write results here after every stage.")
     parser.add_argument("--keep-database", action="store_true")
+    parser.add_argument(
+        "--stages",
+        default="exact,faiss,approximate,pynndescent",
+        help="Comma-separated: exact (through --workers), faiss, approximate (2 workers), "
+        "pynndescent.",
+    )
+    parser.add_argument("--workers", default="1,2", help="Worker counts of the exact build.")
     args = parser.parse_args()
+    stages = set(args.stages.split(","))
 
     results: dict[str, Any] = {
         "products": args.products,
@@ -254,6 +318,8 @@ def main() -> None:
     vectors = synthetic(base, args.products)
     top1 = faiss_top1(vectors[:20_000])
     save(base_vectors=len(base), dim=int(vectors.shape[1]), synthetic_top1_mean=top1)
+    sample = np.sort(np.random.default_rng(5).choice(len(vectors), SAMPLE, replace=False))
+    truth = exact_sample(vectors, sample)
 
     url = create_database()
     work = Path(tempfile.mkdtemp(prefix="lookalike-scale-"))
@@ -263,31 +329,45 @@ def main() -> None:
         LOOKALIKE_QUEUE=f"lookalike-scale-{uuid.uuid4().hex[:6]}",
         LOOKALIKE_PCA_DIMS="0",
         LOOKALIKE_CHUNK_SIZE="100000",  # the stored vectors need no embedding: few chunks
+        LOOKALIKE_NEIGHBOUR_SEARCH="exact",
     )
+    runs = [(f"workers_{n}", int(n), "exact") for n in args.workers.split(",") if "exact" in stages]
+    if "approximate" in stages:
+        runs.append(("approximate_2", 2, "approximate"))
+    written = False
     try:
         subprocess.run(
             [sys.executable, "-m", "cli", "db", "upgrade"], env=env, check=True, capture_output=True
         )
-        for count in (1, 2):
-            (work / f"{count}-workers").mkdir()
-            pool = Workers(env, work / f"{count}-workers")
+        for name, count, mode in runs:
+            (work / name).mkdir()
+            run_env = {**env, "LOOKALIKE_NEIGHBOUR_SEARCH": mode}
+            pool = Workers(run_env, work / name)
             model_id = pool.start(count)
-            if count == 1:
+            if not written:
                 save(write_s=write_catalogue(url, model_id, vectors))
-            measured = build(env, url)
+                written = True
+            measured = build(run_env, url)
+            measured["sampled_recall"] = recall(table_sample(url, sample), truth)
             save(
-                **{f"workers_{count}": measured},
-                **{f"workers_{count}_peak_mib": pool.peaks()},
-                **{f"workers_{count}_ready_s": pool.ready_s},
+                **{name: measured},
+                **{f"{name}_peak_mib": pool.peaks()},
+                **{f"{name}_ready_s": pool.ready_s},
             )
             pool.stop()
-        for threads in (1, 2):
-            save(**{f"faiss_flat_{threads}_thread_s": faiss_reference(vectors, threads)})
+        if "faiss" in stages:
+            for threads in (1, 2):
+                save(**{f"faiss_flat_{threads}_thread_s": faiss_reference(vectors, threads)})
+        if "pynndescent" in stages:
+            seconds, found = pynndescent_graph(vectors, sample)
+            save(pynndescent_2_threads={"seconds": seconds, "sampled_recall": recall(found, truth)})
     finally:
         if not args.keep_database:
             drop_database(url)
-    one, two = results["workers_1"]["build_s"], results["workers_2"]["build_s"]
-    save(speedup=one / two, vs_faiss_2_threads=two / results["faiss_flat_2_thread_s"])
+    if "workers_1" in results and "workers_2" in results:
+        save(speedup=results["workers_1"]["build_s"] / results["workers_2"]["build_s"])
+    if "workers_2" in results and "faiss_flat_2_thread_s" in results:
+        save(vs_faiss_2_threads=results["workers_2"]["build_s"] / results["faiss_flat_2_thread_s"])
 
 
 def faiss_top1(vectors: np.ndarray) -> float:

@@ -182,11 +182,14 @@ def calibrate(
 
 
 def _exact_sets(x32: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
-    """The exact top-k (local rows, itself excluded) of each sampled row, by float32 score."""
-    scores = x32[sample] @ x32.T
-    scores[np.arange(len(sample)), sample] = -np.inf
+    """The exact top-k (local rows, itself excluded) of each sampled row, by float32 score
+    (faiss's blocked scan: no sample x rows matrix is ever held)."""
     width = min(k, len(x32) - 1)
-    return np.argpartition(-scores, width - 1, axis=1)[:, :width]
+    _, labels = faiss.knn(x32[sample], x32, width + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    labels[labels == sample[:, None]] = -1
+    # A stable sort by absence keeps the best-first order and drops the row itself.
+    order = np.argsort(labels < 0, axis=1, kind="stable")[:, :width]
+    return np.take_along_axis(labels, order, axis=1)
 
 
 def _recall(
