@@ -143,3 +143,17 @@ def read_rows(session: Session, statement: Any) -> list[Any]:
         # neighbours table, say, kept after a build filled it: seconds per read).
         cursor.execute(compiled.string, compiled.params, prepare=False)
         return list(cursor.fetchall())
+
+
+def keyset_pages(session: Session, statement: Any, key: Any, rows: int) -> Iterator[list[Any]]:
+    """The rows of ``statement`` ``rows`` at a time, in order of ``key`` (its first column,
+    unique): each page starts after the last key of the one before, so a large table is read
+    through an index without holding it, and no OFFSET rescans what was read."""
+    last: Any = None
+    while True:
+        page = statement if last is None else statement.where(key > last)
+        found = read_rows(session, page.order_by(key).limit(rows))
+        if not found:
+            return
+        yield found
+        last = found[-1][0]

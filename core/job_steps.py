@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core import neighbour_build, nuisance, partition, twins
+from core import neighbour_build, nuisance, partition, projected, twins
 from core.approximate import BuildSearch
 from core.context import Context
 from core.errors import InvalidImage, JobNotFound
@@ -42,7 +42,13 @@ from core.neighbour_updates import delete_products, update_lists
 from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
 from core.products import embed_pending, pending_products
-from core.spaces import ProjectionSettings, Space, project_queries, resolve_space
+from core.spaces import (
+    ProjectionSettings,
+    Space,
+    project_queries,
+    projection_of,
+    resolve_space,
+)
 from core.uploads import take_back
 from core.vectors import VectorSet
 
@@ -77,6 +83,19 @@ def _space(context: Context, session: Session, **options: bool) -> Space:
         session, context.encoder.model_id, wanted, source_basis=source_basis, **options
     )
     return space.grouped(s.partition_columns)
+
+
+def _fill_projected(
+    session: Session, space: Space, product_ids: Sequence[str] | None = None
+) -> int:
+    """The projected rows of the space's vectors (of ``product_ids`` only, when given) that
+    have none yet (``core.projected``): what processes read instead of the embeddings."""
+    projection = projection_of(session, space)
+    if projection is None or space.projection_tag is None:
+        return 0
+    return projected.fill(
+        session, space.embedding_model_id, space.projection_tag, projection, product_ids
+    )
 
 
 # --- index: chunks embedded anywhere, then one finalise --------------------------------
@@ -155,6 +174,7 @@ def finalise_index(context: Context, session: Session, job_id: str) -> Commits:
     s = context.settings
     lock_neighbour_table(session)  # before the projection is chosen: one fit at a time
     space = _space(context, session, refit=bool(job.params.get("refit")))
+    projected_rows = _fill_projected(session, space)
     job.state = JobState.FINALISING.value
     pending = neighbour_build.plan_build(
         session,
@@ -165,7 +185,13 @@ def finalise_index(context: Context, session: Session, job_id: str) -> Commits:
         BuildSearch.of(s),
         s.neighbours,
     )
-    log.info("build planned job=%s space=%s blocks=%d", job_id, space.id, len(pending))
+    log.info(
+        "build planned job=%s space=%s blocks=%d projected_rows_written=%d",
+        job_id,
+        space.id,
+        len(pending),
+        projected_rows,
+    )
     yield  # the plan is committed before any block may start
     for block_no in pending:
         context.queue.send(StepCall(JobStep.BUILD_BLOCK, (job_id, block_no)))
@@ -254,6 +280,7 @@ def add_products(context: Context, session: Session, job_id: str) -> Commits:
     written = update_lists(
         session, space, context.spaces, s.neighbours, s.block_size, stale_ids=stale
     )
+    _fill_projected(session, space, ids)
     result = {
         "model_id": space.id,
         "lists_written": written,

@@ -186,6 +186,26 @@ class ProjectionRecord(Base):
     __table_args__ = (Index("ix_projections_embedding_model_id", "embedding_model_id"),)
 
 
+class ProjectedVector(Base):
+    """A product's vector through a stored projection (``core.projected``): what processes read
+    instead of the embeddings, which are many times larger (1024-d against 64-d by default).
+    Valid while its content hash is that of the product's embedding under the projection's
+    model; a vector embedded again drops its projected rows (``core.products.store_batch``)."""
+
+    __tablename__ = "projected_vectors"
+
+    # Product first: a product's rows (a delete's cascade, a vector embedded again) are found
+    # through the key.
+    product_id: Mapped[str] = mapped_column(
+        ForeignKey("products.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(
+        ForeignKey("projections.tag", ondelete="CASCADE"), primary_key=True
+    )
+    content_hash: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class JobChunk(Base):
     """One slice of an index job's products, run as one task; its progress is set, never
     incremented, so a chunk that runs twice counts once."""

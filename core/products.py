@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import and_, delete, select
 from sqlalchemy.orm import Session
 
-from core import metrics
+from core import metrics, projected
 from core.catalogue import CatalogueItem, content_hash
 from core.db import in_chunks, upsert
 from core.encoder import ImageEncoder
@@ -131,6 +131,8 @@ def store_batch(
 ) -> None:
     """Upsert a batch's vectors (keyed by product and model id) and record its failures."""
     if batch.product_ids:
+        # Vectors embedded again: their projected rows were of the vectors they replace.
+        projected.drop(session, batch.product_ids)
         hashes = dict(
             session.execute(
                 select(Product.id, Product.content_hash).where(Product.id.in_(batch.product_ids))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,40 @@ def remove(vectors: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
     return np.asarray(vectors - (vectors @ basis) @ basis.T)
 
 
+class Covariance:
+    """Mean and covariance of rows fed a chunk at a time (Chan et al.'s pairwise update, in
+    float64): memory O(d^2) whatever the number of rows, so a catalogue's vectors never need to
+    be held at once. With ``nuisance``, those directions are removed from each row first."""
+
+    def __init__(self, nuisance: np.ndarray | None = None) -> None:
+        self.nuisance = nuisance
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self.scatter: np.ndarray | None = None
+
+    def add(self, rows: np.ndarray) -> None:
+        for start in range(0, len(rows), _CHUNK_ROWS):
+            chunk = _rows(rows, start, self.nuisance)
+            mean = chunk.mean(axis=0)
+            centred = chunk - mean
+            scatter = centred.T @ centred
+            if self.mean is None or self.scatter is None:
+                self.count, self.mean, self.scatter = len(chunk), mean, scatter
+                continue
+            total = self.count + len(chunk)
+            delta = mean - self.mean
+            self.scatter += scatter + np.outer(delta, delta) * (self.count * len(chunk) / total)
+            self.mean = self.mean + delta * (len(chunk) / total)
+            self.count = total
+
+    def covariance(self) -> np.ndarray:
+        if self.scatter is None:
+            raise ValueError("no rows to fit a projection on")
+        return np.asarray(self.scatter / max(self.count - 1, 1))
+
+
 def fit_projection(
-    vectors: np.ndarray,
+    vectors: np.ndarray | Iterable[np.ndarray],
     dims: int,
     power: float,
     whiten: float = 1.0,
@@ -94,28 +127,24 @@ def fit_projection(
     variance to the power ``whiten / 2`` (1: full whitening). With ``nuisance`` (orthonormal
     columns), those directions are removed from every vector first, here and in ``apply``.
 
-    The covariance (d x d) is accumulated in float64 a chunk of rows at a time and
-    eigendecomposed, so memory stays O(d^2) beside the vectors, whatever the catalogue size.
-    Deterministic for the same vectors (signs fixed by the largest loading).
+    ``vectors`` is an array or chunks of rows (read from SQL one after another): the
+    covariance (d x d) is accumulated in float64 and eigendecomposed, so memory stays O(d^2)
+    whatever the catalogue size. Deterministic for the same vectors in the same chunks (signs
+    fixed by the largest loading).
     """
-    count, d = vectors.shape
-    mean = np.zeros(d)
-    for start in range(0, count, _CHUNK_ROWS):
-        mean += _rows(vectors, start, nuisance).sum(axis=0)
-    mean /= max(count, 1)
-    covariance = np.zeros((d, d))
-    for start in range(0, count, _CHUNK_ROWS):
-        centred = _rows(vectors, start, nuisance) - mean
-        covariance += centred.T @ centred
-    covariance /= max(count - 1, 1)
+    accumulated = Covariance(nuisance)
+    for chunk in [vectors] if isinstance(vectors, np.ndarray) else vectors:
+        accumulated.add(chunk)
+    covariance = accumulated.covariance()
+    assert accumulated.mean is not None
     variance, basis = np.linalg.eigh(covariance)  # ascending
-    dims = min(dims, d, count)
+    dims = min(dims, covariance.shape[0], accumulated.count)
     order = np.argsort(variance)[::-1][:dims]
     vt = basis[:, order].T
     signs = np.sign(vt[np.arange(dims), np.abs(vt).argmax(axis=1)])
     vt = vt * signs[:, None]
     scale = np.power(np.maximum(variance[order], eps), -whiten / 2)
-    return Projection(mean, vt * scale[:, None], power, whiten, nuisance)
+    return Projection(accumulated.mean, vt * scale[:, None], power, whiten, nuisance)
 
 
 def _rows(vectors: np.ndarray, start: int, nuisance: np.ndarray | None) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,13 +33,14 @@ from typing import Any
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 
+from core import projected
 from core.db import IN_CHUNK, read_rows
 from core.list_ends import ListEnds, follow_list_writes, read_list_ends
 from core.models import ChangeCounter, Embedding, Product
 from core.neighbour_table import NEIGHBOURS_COUNTER, read_counter
 from core.projection import Projection
 from core.spaces import Space, projection_of
-from core.vectors import VectorSet, project, stacked
+from core.vectors import VectorSet, stacked
 
 VECTORS_COUNTER = "vectors"
 # How far before the last check to look for new rows. A row is committed moments after it is
@@ -70,26 +72,37 @@ def _rows(embedding_model_id: str) -> Any:
 
 
 def _read_vectors(session: Session, space: Space) -> _Vectors:
-    """Everything, from SQL: what a first use, or one that found a change, reads."""
+    """Everything, from SQL: what a first use, or one that found a change, reads (the
+    projected rows where the space has a projection, ``core.projected``)."""
     read_at = datetime.now(UTC)
     # Before the rows: a change after it shows at the next use.
     counter = read_counter(session, VECTORS_COUNTER)
-    rows = read_rows(
-        session, _rows(space.embedding_model_id).add_columns(Embedding.dim, Embedding.vector)
-    )
-    current = sorted(((row[0], row[2], row[3]) for row in rows if row[1]), key=lambda row: row[0])
     projection = projection_of(session, space)
-    vectors = stacked(current)
-    if projection is not None and len(current):
-        vectors = project(projection, vectors)
+    rows = read_rows(session, _space_rows(space, projection))
+    current = sorted((row for row in rows if row[1]), key=lambda row: row[0])
     return _Vectors(
         counter,
-        VectorSet([row[0] for row in current], vectors),
+        _assembled(current, projection),
         frozenset(row[0] for row in rows if not row[1]),
         len(rows),
         read_at,
         projection,
     )
+
+
+def _space_rows(space: Space, projection: Projection | None) -> Any:
+    """(id, current, ...) of every row, then what ``_assembled`` makes vectors of."""
+    if projection is None or space.projection_tag is None:
+        return _rows(space.embedding_model_id).add_columns(Embedding.dim, Embedding.vector)
+    return projected.space_rows(space.embedding_model_id, space.projection_tag)
+
+
+def _assembled(rows: Sequence[Any], projection: Projection | None) -> VectorSet:
+    """Rows of ``_space_rows`` (current ones, in id order) as a set of the space's vectors."""
+    if projection is None:
+        raw = stacked([(row[0], row[2], row[3]) for row in rows])
+        return VectorSet([row[0] for row in rows], raw)
+    return projected.assemble(rows, projection)
 
 
 def _catch_up(session: Session, space: Space, known: _Vectors) -> _Vectors | None:
@@ -99,18 +112,16 @@ def _catch_up(session: Session, space: Space, known: _Vectors) -> _Vectors | Non
     read_at = datetime.now(UTC)
     new = _new_rows(session, space, known)
     wanted = sorted(row[0] for row in new if row[1])
-    fetched = _fetch_vectors(session, space, wanted)
+    fetched = _fetch_vectors(session, space, known.projection, wanted)
     counter, rows = _counter_and_count(session, space)
-    if counter != known.counter or rows != known.rows + len(new) or len(fetched) != len(wanted):
+    if counter != known.counter or rows != known.rows + len(new) or len(fetched.ids) != len(wanted):
         return None
-    vectors = stacked(fetched)
-    if len(fetched) and len(known.vectors.ids) and vectors.shape[1] != _raw_dim(known):
-        return None
-    if known.projection is not None and len(fetched):
-        vectors = project(known.projection, vectors)
+    width = known.vectors.vectors.shape[1]
+    if len(fetched.ids) and len(known.vectors.ids) and fetched.vectors.shape[1] != width:
+        return None  # another raw dimension: the model changed under the same id
     return _Vectors(
         counter,
-        known.vectors.with_rows([row[0] for row in fetched], vectors),
+        known.vectors.with_rows(fetched.ids, fetched.vectors),
         known.outdated | {row[0] for row in new if not row[1]},
         rows,
         read_at,
@@ -131,22 +142,19 @@ def _new_rows(session: Session, space: Space, known: _Vectors) -> list[Any]:
     ]
 
 
-def _fetch_vectors(session: Session, space: Space, wanted: list[str]) -> list[Any]:
-    """(id, dim, bytes) of ``wanted``, in id order."""
+def _fetch_vectors(
+    session: Session, space: Space, projection: Projection | None, wanted: list[str]
+) -> VectorSet:
+    """The vectors of ``wanted`` (current rows), in id order."""
     # A few (an add) through SQLAlchemy, whose statements are compiled once; many in binary.
     read = functools.partial(read_rows, session) if len(wanted) > _FEW_ROWS else session.execute
     fetched: list[Any] = []
+    query = _space_rows(space, projection)
     for start in range(0, len(wanted), IN_CHUNK):
-        fetched.extend(
-            read(
-                select(Embedding.product_id, Embedding.dim, Embedding.vector).where(
-                    Embedding.model_id == space.embedding_model_id,
-                    Embedding.product_id.in_(wanted[start : start + IN_CHUNK]),
-                ),
-            )
-        )
+        ids = wanted[start : start + IN_CHUNK]
+        fetched.extend(row for row in read(query.where(Embedding.product_id.in_(ids))) if row[1])
     fetched.sort(key=lambda row: row[0])
-    return fetched
+    return _assembled(fetched, projection)
 
 
 def _counter_and_count(session: Session, space: Space) -> tuple[int | None, int]:
@@ -164,12 +172,6 @@ def _counter_and_count(session: Session, space: Space) -> tuple[int | None, int]
         )
     ).one()
     return counter, int(rows)
-
-
-def _raw_dim(known: _Vectors) -> int:
-    if known.projection is not None:
-        return int(known.projection.components.shape[1])
-    return int(known.vectors.vectors.shape[1])
 
 
 class SpaceCache:

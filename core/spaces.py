@@ -16,11 +16,14 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core import projected
+from core.db import read_rows
 from core.errors import NotIndexed
 from core.models import ProjectionRecord
+from core.nuisance import sample_ids
 from core.projection import Projection, fit_projection
 from core.settings import Settings
-from core.vectors import VectorSet, load_embeddings, project
+from core.vectors import VectorSet, current_ids, embedding_chunks, load_embeddings
 
 _SEPARATOR = "|"
 _BY = "by:"
@@ -91,7 +94,9 @@ def resolve_space(
     ``2 * dims`` vectors (before that, lists use the embedding vectors as they are), and again
     only when ``refit`` asks for it; adds therefore keep projecting with the same parameters.
     ``fit=False`` (a search) uses what is stored and never fits. With ``wanted.source_dims``,
-    ``source_basis(vectors, rank)`` gives the directions to remove first (``core.nuisance``).
+    ``source_basis(sample, rank)`` gives the directions to remove first from the vectors of a
+    sample of the catalogue (``core.nuisance``). The fit reads the embeddings a chunk at a
+    time; writing their projected rows is the caller's (``core.projected.fill``).
     """
     if wanted.dims <= 0:
         return Space(embedding_model_id)
@@ -100,18 +105,19 @@ def resolve_space(
         return Space(embedding_model_id, tag)
     if not fit:
         return Space(embedding_model_id)
-    vectors = load_embeddings(session, embedding_model_id)
-    if len(vectors.ids) < 2 * wanted.dims:
+    ids = current_ids(session, embedding_model_id)
+    if len(ids) < 2 * wanted.dims:
         return Space(embedding_model_id, tag)
     nuisance = None
     if wanted.source_dims > 0:
         if source_basis is None:
             raise ValueError("a projection with source_dims needs a source_basis to fit")
-        nuisance = source_basis(vectors, wanted.source_dims)
-    projection = fit_projection(
-        vectors.vectors, wanted.dims, wanted.power, wanted.whiten, nuisance=nuisance
-    )
-    _store_projection(session, embedding_model_id, wanted, projection, len(vectors.ids))
+        sample = load_embeddings(session, embedding_model_id, sample_ids(ids))
+        nuisance = source_basis(sample, wanted.source_dims)
+    # A pass over the embeddings a chunk at a time: memory independent of the catalogue's size.
+    chunks = embedding_chunks(session, embedding_model_id)
+    projection = fit_projection(chunks, wanted.dims, wanted.power, wanted.whiten, nuisance=nuisance)
+    _store_projection(session, embedding_model_id, wanted, projection, len(ids))
     return Space(embedding_model_id, projection.tag)
 
 
@@ -180,13 +186,15 @@ def _projection_from_bytes(data: bytes) -> Projection:
 
 
 def load_space_vectors(session: Session, space: Space) -> VectorSet:
-    """Every current vector of ``space``, read from SQL and projected (see
-    ``core.space_reader`` for the readers jobs use)."""
-    raw = load_embeddings(session, space.embedding_model_id)
+    """Every current vector of ``space``, read from SQL: its stored projected rows, and the
+    embeddings of vectors without one, projected here (see ``core.space_reader`` for the
+    readers jobs use)."""
     projection = projection_of(session, space)
-    if projection is None or not raw.ids:
-        return raw
-    return VectorSet(raw.ids, project(projection, raw.vectors))
+    if projection is None or space.projection_tag is None:
+        return load_embeddings(session, space.embedding_model_id)
+    rows = read_rows(session, projected.space_rows(space.embedding_model_id, space.projection_tag))
+    current = sorted((row for row in rows if row[1]), key=lambda row: row[0])
+    return projected.assemble(current, projection)
 
 
 def project_queries(session: Session, space: Space, vectors: np.ndarray) -> np.ndarray:

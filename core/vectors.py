@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import functools
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import read_rows
+from core.db import in_chunks, keyset_pages, read_rows
 from core.models import Embedding, Product
 from core.projection import Projection
 
@@ -120,10 +120,37 @@ def current_rows(embedding_model_id: str) -> Any:
     )
 
 
-def load_embeddings(session: Session, embedding_model_id: str) -> VectorSet:
-    """Every current vector of ``embedding_model_id``, as stored (unprojected), read from SQL."""
+def load_embeddings(
+    session: Session, embedding_model_id: str, product_ids: Sequence[str] | None = None
+) -> VectorSet:
+    """Every current vector of ``embedding_model_id`` (of ``product_ids`` only, when given),
+    as stored (unprojected), read from SQL."""
+    query = current_rows(embedding_model_id)
+    if product_ids is None:
+        found = read_rows(session, query)
+    else:
+        found = [
+            row
+            for ids in in_chunks(sorted(set(product_ids)))
+            for row in read_rows(session, query.where(Embedding.product_id.in_(ids)))
+        ]
     # Python's string order, not the database collation: the same everywhere.
-    ordered = sorted(read_rows(session, current_rows(embedding_model_id)), key=lambda row: row[0])
+    ordered = sorted(found, key=lambda row: row[0])
     if not ordered:
         return VectorSet([], np.zeros((0, 0), dtype=np.float32))
     return VectorSet([str(row[0]) for row in ordered], stacked(ordered))
+
+
+def current_ids(session: Session, embedding_model_id: str) -> list[str]:
+    """The ids of the products with a current vector of ``embedding_model_id``, in order."""
+    query = current_rows(embedding_model_id).with_only_columns(Embedding.product_id)
+    return sorted(str(pid) for (pid,) in session.execute(query))
+
+
+def embedding_chunks(
+    session: Session, embedding_model_id: str, rows: int = 8192
+) -> Iterator[np.ndarray]:
+    """The current vectors of ``embedding_model_id``, unprojected, ``rows`` at a time (in the
+    database's order of ids): a pass over a catalogue that never holds it whole."""
+    for page in keyset_pages(session, current_rows(embedding_model_id), Embedding.product_id, rows):
+        yield stacked(page)
