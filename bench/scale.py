@@ -275,9 +275,12 @@ def table_sample(url: str, sample: np.ndarray) -> np.ndarray:
 
 
 def pynndescent_graph(vectors: np.ndarray, sample: np.ndarray) -> tuple[float, np.ndarray]:
-    """pynndescent's k-NN graph of the same vectors on 2 threads: seconds, sampled lists."""
+    """pynndescent's k-NN graph of the same vectors on 2 threads: seconds (compiled first),
+    sampled lists."""
     from pynndescent import NNDescent
 
+    # Its numba kernels compile on first use (tens of seconds): not part of the build.
+    NNDescent(vectors[:2000], metric="dot", n_neighbors=K + 1, n_jobs=2, random_state=16)
     started = time.perf_counter()
     graph = NNDescent(vectors, metric="dot", n_neighbors=K + 1, n_jobs=2, random_state=16)
     labels, _ = graph.neighbor_graph
