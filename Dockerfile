@@ -6,7 +6,9 @@ COPY worker worker
 COPY web web
 COPY cli cli
 COPY migrations migrations
-RUN pip install --no-cache-dir .
+# EXTRAS="[gpu]" builds the GPU workers' image (TensorFlow with CUDA): docker-compose.yml.
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS}"
 ENV LOOKALIKE_MEDIA_DIR=/data/media
 # The same console command the README documents; docker-compose.yml picks the subcommand.
 ENTRYPOINT []

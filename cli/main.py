@@ -176,11 +176,19 @@ def jobs(settings: Settings, limit: int) -> None:
     show_default=True,
     help="Serve Prometheus metrics of this worker's processes on this port (0: off).",
 )
+@click.option(
+    "--embed-only",
+    is_flag=True,
+    help="Take only index jobs' embedding chunks (LOOKALIKE_EMBED_QUEUE): a GPU worker.",
+)
 @click.pass_obj
-def worker(settings: Settings, concurrency: int, loglevel: str, metrics_port: int) -> None:
+def worker(
+    settings: Settings, concurrency: int, loglevel: str, metrics_port: int, embed_only: bool
+) -> None:
     """Start a Celery worker (each process loads the model once, at start)."""
-    from worker.app import create_celery
+    from worker.app import create_celery, worker_queues
 
+    queues = worker_queues(settings, embed_only)
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -195,7 +203,7 @@ def worker(settings: Settings, concurrency: int, loglevel: str, metrics_port: in
             "worker",
             f"--concurrency={concurrency}",
             f"--loglevel={loglevel}",
-            f"--queues={settings.queue}",
+            f"--queues={','.join(queues)}",
         ]
     )
 

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import ClauseElement, Engine, create_engine, event
+from sqlalchemy import ClauseElement, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -143,6 +144,22 @@ def read_rows(session: Session, statement: Any) -> list[Any]:
         # neighbours table, say, kept after a build filled it: seconds per read).
         cursor.execute(compiled.string, compiled.params, prepare=False)
         return list(cursor.fetchall())
+
+
+@contextmanager
+def by_key(session: Session) -> Iterator[None]:
+    """Within: reads by key (``IN`` lists of ids) use the index on PostgreSQL, whatever its
+    statistics say. A table filled since it was last analysed (a build writes millions of list
+    rows; autovacuum may be off, or not have run yet) has statistics that make the planner
+    scan all of it for each list of 500 ids: half a second each at two million rows."""
+    if session.get_bind().dialect.name != "postgresql":
+        yield
+        return
+    session.execute(text("SET LOCAL enable_seqscan = off"))
+    try:
+        yield
+    finally:
+        session.execute(text("SET LOCAL enable_seqscan TO DEFAULT"))
 
 
 def keyset_pages(session: Session, statement: Any, key: Any, rows: int) -> Iterator[list[Any]]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from core.devices import Device, choose_device
 from core.errors import WeightsUnavailable
 from core.images import ImageSource, load_pixels
 from core.model_spec import ModelSpec, resolve_spec
@@ -89,11 +90,12 @@ class VGG16Encoder:
     from many threads, :meth:`embed_batch` from one.
     """
 
-    def __init__(self, spec: ModelSpec, max_pixels: int) -> None:
+    def __init__(self, spec: ModelSpec, max_pixels: int, device: Device = "auto") -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with quiet_start():
+            self.device = choose_device(device)
             self._build(spec, max_pixels)
-        log.info("loaded encoder %s (%d dimensions)", self.model_id, self.dim)
+        log.info("loaded encoder %s (%d dimensions, %s)", self.model_id, self.dim, self.device)
 
     def _build(self, spec: ModelSpec, max_pixels: int) -> None:
         import keras
@@ -212,10 +214,10 @@ class PixelEncoder:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_encoder(spec: ModelSpec, max_pixels: int) -> VGG16Encoder:
-    return VGG16Encoder(spec, max_pixels)
+def _cached_encoder(spec: ModelSpec, max_pixels: int, device: Device) -> VGG16Encoder:
+    return VGG16Encoder(spec, max_pixels, device)
 
 
 def load_encoder(settings: Settings) -> VGG16Encoder:
     """The process-wide encoder for these settings: built on first use, then reused."""
-    return _cached_encoder(resolve_spec(settings), settings.max_image_pixels)
+    return _cached_encoder(resolve_spec(settings), settings.max_image_pixels, settings.device)

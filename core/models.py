@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -184,6 +185,25 @@ class ProjectionRecord(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_projections_embedding_model_id", "embedding_model_id"),)
+
+
+class PhotoCount(Base):
+    """How many products have each photo (content hash), kept by the database's triggers
+    (migration 0013): the shared ones, indexed, are what ``core.twins`` reads."""
+
+    __tablename__ = "photo_counts"
+
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    products: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index(
+            "ix_photo_counts_shared",
+            "content_hash",
+            postgresql_where=text("products > 1"),
+            sqlite_where=text("products > 1"),
+        ),
+    )
 
 
 class ProjectedVector(Base):

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from core.db import in_chunks, read_rows, upsert
+from core.db import by_key, in_chunks, read_rows, upsert
 from core.models import ChangeCounter, ListWrite, Neighbour
 from core.neighbours import NO_NEIGHBOUR, Neighbours, empty_lists
 from core.spaces import Space
@@ -139,11 +139,12 @@ def _list_rows(
         return read_rows(session, select(*columns)), vectors.index.get
     many = len(product_ids) > _FEW_LISTS
     read = functools.partial(read_rows, session) if many else session.execute
-    rows = [
-        row
-        for chunk in in_chunks(list(product_ids))
-        for row in read(select(*columns).where(Neighbour.product_id.in_(chunk)))
-    ]
+    with by_key(session):
+        rows = [
+            row
+            for chunk in in_chunks(list(product_ids))
+            for row in read(select(*columns).where(Neighbour.product_id.in_(chunk)))
+        ]
     # Few lists (an add): binary search; many: one dict of every id.
     return rows, (vectors.index.get if many else vectors.position)
 

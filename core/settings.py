@@ -97,7 +97,18 @@ class Settings(BaseSettings):
         description="Logs as text lines, or one JSON object per line (time, level, logger, "
         "message, job_id, request_id) for a log pipeline.",
     )
-    batch_size: int = Field(default=16, ge=1, description="Images per model call.")
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Images per model call (a GPU worker takes a larger one of its own, "
+        "for example 128).",
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="Where the model runs: 'auto' takes the GPUs TensorFlow sees (with "
+        "lookalike[gpu] installed), 'gpu' warns and falls back to the CPU without one. Not "
+        "part of the model id: set the precision explicitly where GPU and CPU workers mix.",
+    )
     decode_workers: int = Field(default=2, ge=1, description="Threads that decode images.")
     neighbours: int = Field(default=10, ge=1, description="k: neighbours kept per product.")
     block_size: int = Field(default=2048, ge=16, description="Queries per neighbour-search block.")
@@ -137,6 +148,12 @@ class Settings(BaseSettings):
         "workers use redis://127.0.0.1:6379/0.",
     )
     queue: str = Field(default="lookalike", description="Celery queue name.")
+    embed_queue: str = Field(
+        default="",
+        description="A queue of its own for index jobs' embedding chunks, which GPU workers "
+        "(`lookalike worker --embed-only`) take while CPU workers take the rest; every other "
+        "worker takes it too, so it drains without them. Empty: one queue for everything.",
+    )
     task_time_limit: int = Field(default=1800, ge=10, description="Hard limit of one task, s.")
     visibility_timeout: int = Field(
         default=60,

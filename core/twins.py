@@ -14,25 +14,25 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import Product
+from core.models import PhotoCount, Product
 from core.vectors import VectorSet
 
 
 def photo_groups(session: Session) -> list[list[str]]:
-    """Every group of two or more products with the same photo, each sorted, by first id."""
+    """Every group of two or more products with the same photo, each sorted, by first id.
+
+    Read through the photos counted as shared (``PhotoCount``, kept by triggers, indexed on
+    the shared ones), so the cost follows the twins, not the catalogue."""
     shared = (
-        select(Product.content_hash)
-        .group_by(Product.content_hash)
-        .having(func.count() > 1)
-        .scalar_subquery()
+        select(Product.id, Product.content_hash)
+        .join(PhotoCount, PhotoCount.content_hash == Product.content_hash)
+        .where(PhotoCount.products > 1)
     )
     groups: dict[str, list[str]] = defaultdict(list)
-    for product_id, digest in session.execute(
-        select(Product.id, Product.content_hash).where(Product.content_hash.in_(shared))
-    ):
+    for product_id, digest in session.execute(shared):
         groups[digest].append(product_id)
     return sorted(sorted(ids) for ids in groups.values())
 

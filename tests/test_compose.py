@@ -22,7 +22,24 @@ def _compose() -> dict[str, Any]:
 def test_services_and_volumes() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "nginx", "flower"}
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "web",
+        "worker",
+        "worker-gpu",
+        "nginx",
+        "flower",
+    }
+    # GPU workers are there to be run (a profile), on an image with the gpu extra, taking
+    # only the embedding queue that every CPU worker also takes, at the same precision.
+    gpu, cpu = services["worker-gpu"], services["worker"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["args"]["EXTRAS"] == "[gpu]"
+    assert "--embed-only" in gpu["command"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    for key in ("LOOKALIKE_EMBED_QUEUE", "LOOKALIKE_PRECISION", "LOOKALIKE_DATABASE_URL"):
+        assert gpu["environment"][key] == cpu["environment"][key], key
     # Flower is there to be run (a profile), on the broker the workers use, never public.
     flower = services["flower"]
     assert flower["profiles"] == ["ops"] and "--broker=redis://redis:6379/0" in flower["command"]

@@ -149,3 +149,39 @@ def test_a_new_product_or_photo_moves_the_products_counter(db_session: Session) 
     db_session.flush()
     replaced = counter()
     assert replaced is not None and replaced > added
+
+
+def test_photo_counts_follow_inserts_photo_changes_and_deletes(db_session: Session) -> None:
+    """The counts the triggers keep equal a GROUP BY of the products, after bulk and single
+    inserts, photo changes (and metadata changes, which move nothing) and deletes."""
+    from sqlalchemy import delete, func, insert, update
+
+    from core.models import PhotoCount, Product
+
+    def counts() -> dict[str, int]:
+        kept = dict(db_session.execute(select(PhotoCount.content_hash, PhotoCount.products)).all())  # type: ignore[arg-type]
+        truth = select(Product.content_hash, func.count()).group_by(Product.content_hash)
+        assert kept == dict(db_session.execute(truth).all())  # type: ignore[arg-type]
+        return kept
+
+    rows = [
+        {"id": f"q{n:02d}", "meta": {}, "image_path": f"/x/{n}.png", "content_hash": f"h{n % 4}"}
+        for n in range(10)
+    ]
+    db_session.execute(insert(Product), rows)  # one statement for all ten
+    assert counts() == {"h0": 3, "h1": 3, "h2": 2, "h3": 2}
+    db_session.add(Product(id="q99", meta={}, image_path="/x/99.png", content_hash="h9"))
+    db_session.flush()
+    db_session.execute(update(Product).where(Product.id == "q00").values(content_hash="h9"))
+    db_session.execute(update(Product).where(Product.id == "q01").values(meta={"a": "b"}))
+    db_session.execute(
+        update(Product).where(Product.id.in_(["q02", "q06"])).values(content_hash="h7")
+    )
+    assert counts() == {"h0": 2, "h1": 3, "h7": 2, "h3": 2, "h9": 2}
+    db_session.execute(delete(Product).where(Product.id.in_(["q04", "q08", "q99"])))
+    assert counts() == {"h1": 3, "h7": 2, "h3": 2, "h9": 1}
+    assert twins.photo_groups(db_session) == [
+        ["q01", "q05", "q09"],
+        ["q02", "q06"],
+        ["q03", "q07"],
+    ]

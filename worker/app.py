@@ -7,6 +7,8 @@ from typing import Any
 
 from celery import Celery
 
+from core.errors import InvalidSetting
+from core.jobs import JobStep
 from core.settings import Settings, get_settings
 from worker.leases import RenewLeases
 
@@ -31,10 +33,34 @@ def _transport_options(visibility_timeout: int) -> dict[str, int]:
     }
 
 
+def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
+    """With an embedding queue, index jobs' embedding chunks go there (GPU workers take them);
+    everything else to the main queue."""
+    if not settings.embed_queue:
+        return {}
+    return {JobStep.INDEX_CHUNK.value: {"queue": settings.embed_queue}}
+
+
+def worker_queues(settings: Settings, embed_only: bool = False) -> list[str]:
+    """The queues a worker takes: the main one and the embedding queue (when set), or, for a
+    GPU worker (``embed_only``), the embedding queue alone.
+
+    Raises:
+        InvalidSetting: ``embed_only`` without an embedding queue.
+    """
+    if embed_only:
+        if not settings.embed_queue:
+            raise InvalidSetting("--embed-only needs LOOKALIKE_EMBED_QUEUE")
+        return [settings.embed_queue]
+    return [settings.queue] + ([settings.embed_queue] if settings.embed_queue else [])
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Delivery guarantees: late acknowledgement, re-queue when a worker is lost, one task
-    prefetched at a time, time limits. Job state lives in SQL, so results are not kept."""
+    prefetched at a time, time limits; embedding chunks routed (:func:`task_routes`). Job
+    state lives in SQL, so results are not kept."""
     return {
+        "task_routes": task_routes(settings),
         "broker_url": broker_url(settings),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": _transport_options(settings.visibility_timeout),
