@@ -294,6 +294,71 @@ def pynndescent_graph(
     return seconds, found
 
 
+def updates(env: dict[str, str], url: str, base: np.ndarray, logs: Path) -> dict[str, Any]:
+    """Adds of 1, 10 and 100 products and deletes of 1 through one worker, the first on a cold
+    worker (its first task reads every vector and list end), the others warm: seconds from
+    the job's submission to its end as polled here (every 2 ms)."""
+    from sqlalchemy import select
+
+    from core.db import make_engine, make_sessionmaker
+    from core.jobs import JobKind, JobStep, StepCall, create_job
+    from core.models import Job
+    from core.settings import get_settings
+    from worker.app import create_celery
+    from worker.queue import CeleryQueue
+
+    settings = get_settings(
+        database_url=url, broker_url=env["LOOKALIKE_BROKER_URL"], queue=env["LOOKALIKE_QUEUE"]
+    )
+    queue = CeleryQueue(create_celery(settings))
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+
+    def run(kind: JobKind, step: JobStep, ids: list[str]) -> float:
+        with sessions() as session:
+            job = create_job(session, kind, {"product_ids": ids}, total=len(ids))
+            job_id = job.id
+            started = time.perf_counter()
+            queue.submit(session, job, [StepCall(step, (job_id,))])
+        while True:
+            with engine.connect() as connection:
+                state, error = connection.execute(
+                    select(Job.state, Job.error).where(Job.id == job_id)
+                ).one()
+            if state in ("succeeded", "failed"):
+                break
+            time.sleep(0.002)
+        if state != "succeeded":
+            sys.exit(f"{kind.value} failed: {error}")
+        return time.perf_counter() - started
+
+    made = 0
+    model_id = ""
+
+    def add(count: int) -> float:
+        nonlocal made
+        prefix = f"a{made:04d}-"
+        made += 1
+        write_catalogue(url, model_id, synthetic(base, count, seed=1000 + made), prefix)
+        ids = [f"{prefix}{n:07d}" for n in range(count)]
+        return run(JobKind.ADD_PRODUCTS, JobStep.ADD_PRODUCTS, ids)
+
+    pool = Workers(env, logs)
+    model_id = pool.start(1)
+    result: dict[str, Any] = {"ready_s": pool.ready_s[0], "cold_add_1_s": add(1)}
+    for count, times in ((1, 9), (10, 3), (100, 3)):
+        result[f"add_{count}_s"] = [add(count) for _ in range(times)]
+    deleted = [f"s{n:07d}" for n in (11, 222, 3333, 44444, 55555)]
+    result["delete_1_s"] = [
+        run(JobKind.DELETE_PRODUCTS, JobStep.DELETE_PRODUCTS, [pid]) for pid in deleted
+    ]
+    result["add_1_p50_s"] = float(np.median(result["add_1_s"]))
+    result["peak_mib"] = pool.peaks()
+    pool.stop()
+    engine.dispose()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--products", type=int, default=200_000)
