@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,11 @@ def write_catalogue(url: str, model_id: str, vectors: np.ndarray, prefix: str = 
     from core.models import natural_key
 
     started = time.perf_counter()
+    # Embedded long ago, as a real catalogue's vectors were (ten hours for a million), not
+    # all in the last minute: a worker's cache looks for rows created in its last minutes.
+    written = "now"
+    if prefix == "s":
+        written = (datetime.now(UTC) - timedelta(hours=10)).isoformat()
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
         with cursor.copy(
@@ -127,7 +133,7 @@ def write_catalogue(url: str, model_id: str, vectors: np.ndarray, prefix: str = 
         ) as copy:
             for n, vector in enumerate(vectors):
                 pid = f"{prefix}{n:07d}"
-                copy.write_row((pid, model_id, pid, vectors.shape[1], vector.tobytes(), "now"))
+                copy.write_row((pid, model_id, pid, vectors.shape[1], vector.tobytes(), written))
         connection.commit()
         # What autovacuum does after a bulk load (this machine's PostgreSQL runs without it).
         cursor.execute("ANALYZE products, embeddings, photo_counts")

@@ -2,15 +2,16 @@
 
 An exact build scores every pair: about half an hour for a million products on two cores
 (BENCHMARKS.md). In approximate mode each group of rows large enough gets an IVF index: its
-rows are split among ``lists`` k-means centroids, and a query scans the rows of the ``probe``
-lists nearest to it. The candidates found are rescored exactly, as in exact mode, so what can
-be wrong is only a true neighbour that was never scanned.
+rows are split among ``lists`` k-means centroids and kept as 8-bit codes, and a query scans
+the rows of the ``probe`` lists nearest to it. The candidates found are rescored exactly from
+the vectors, as in exact mode, so what can be wrong is only a true neighbour that was never
+found.
 
 ``probe`` is not a constant: when a build is planned, a sample of rows is searched exactly
 and with the index, and ``probe`` doubles until the sample's recall@k reaches the target
-(``LOOKALIKE_APPROXIMATE_RECALL``). The centroids, the probe and the recall measured are
-stored with the build (``core.models.BuildIndex``), so every block, on any worker, searches
-the same index and a block run twice computes the same lists.
+(``LOOKALIKE_APPROXIMATE_RECALL``). The trained index (without its rows), the probe and the
+recall measured are stored with the build (``core.models.BuildIndex``), so every block, on
+any worker, searches the same index and a block run twice computes the same lists.
 
 Incremental adds and deletes stay exact in both modes (``core.neighbour_updates``): a
 newcomer's list is its true top-k, and it enters every old list it belongs in. In
@@ -20,12 +21,11 @@ not an approximate rebuild (which would miss other pairs).
 
 from __future__ import annotations
 
-import io
 import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -34,6 +34,9 @@ from core.settings import Settings
 
 Mode = Literal["auto", "exact", "approximate"]
 
+# Candidates beyond k each search keeps, to be rescored exactly (``core.neighbours``): the
+# 8-bit scores of the index, like float32's, may misorder near ties.
+CANDIDATES_OVER = 6
 # Groups with fewer rows are searched exactly: cheap at that size, and an IVF gains nothing.
 MIN_ROWS = 20_000
 SAMPLE = 1_000  # rows whose exact lists calibrate the probe
@@ -102,30 +105,20 @@ def lists_for(rows: int) -> int:
 
 @dataclass(frozen=True)
 class IvfPlan:
-    """One group's index as a build stores it: centroids, the calibrated probe, and the
-    recall@k the calibration sample measured at that probe."""
+    """One group's index as a build stores it: trained and empty (centroids and 8-bit codes'
+    ranges, serialised by faiss), the calibrated probe, and the recall@k the calibration
+    sample measured at that probe."""
 
-    centroids: np.ndarray  # (lists, d) float32
+    trained: bytes
     probe: int
     recall: float
-
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(self.centroids, dtype="<f4"))
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes, probe: int, recall: float) -> IvfPlan:
-        return cls(np.load(io.BytesIO(data)), probe, recall)
 
 
 @dataclass
 class IvfSearch:
-    """A group's rows in an IVF index, ready to search (the quantizer is kept alive beside the
-    index, which points to it)."""
+    """A group's rows in an IVF index, ready to search."""
 
-    index: faiss.IndexIVFFlat
-    quantizer: faiss.IndexFlatIP
+    index: Any  # a faiss.IndexIVFScalarQuantizer (faiss types what it deserialises as Index)
     positions: np.ndarray  # the rows the index holds, ascending: label i is positions[i]
 
     @property
@@ -133,27 +126,30 @@ class IvfSearch:
         return int(self.index.nprobe)
 
 
+def _rows(vectors: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``vectors[positions]`` as float32, without a copy when that is every row."""
+    if len(positions) == len(vectors) and vectors.dtype == np.float32:
+        return np.ascontiguousarray(vectors)
+    return np.ascontiguousarray(vectors[positions], dtype=np.float32)
+
+
 def open_index(vectors: np.ndarray, positions: np.ndarray, plan: IvfPlan) -> IvfSearch:
-    """``vectors[positions]`` in an IVF index over ``plan``'s centroids."""
-    centroids = np.ascontiguousarray(plan.centroids, dtype=np.float32)
-    quantizer = faiss.IndexFlatIP(centroids.shape[1])
-    quantizer.add(centroids)
-    index = faiss.IndexIVFFlat(
-        quantizer, centroids.shape[1], len(centroids), faiss.METRIC_INNER_PRODUCT
-    )
-    index.is_trained = True  # the centroids are the training
-    index.add(np.ascontiguousarray(vectors[positions], dtype=np.float32))
+    """``vectors[positions]`` in ``plan``'s trained index. Rows are kept as 8-bit codes (a
+    quarter of their float32 size): candidates are rescored from the vectors themselves."""
+    index = faiss.deserialize_index(np.frombuffer(plan.trained, dtype=np.uint8))
+    index.add(_rows(vectors, positions))
     index.nprobe = plan.probe
-    return IvfSearch(index, quantizer, positions)
+    return IvfSearch(index, positions)
 
 
 def calibrate(
     vectors: np.ndarray, positions: np.ndarray, k: int, target: float
 ) -> tuple[IvfPlan, IvfSearch]:
-    """Train ``vectors[positions]``' centroids and find the smallest probe (doubling from
-    :data:`FIRST_PROBE`) whose recall@k on a sample of these rows reaches ``target``; all
-    lists, an exhaustive scan, when none below does."""
-    x32 = np.ascontiguousarray(vectors[positions], dtype=np.float32)
+    """Train an index of ``vectors[positions]`` (k-means centroids, then the 8-bit codes, on a
+    sample) and find the smallest probe (doubling from :data:`FIRST_PROBE`) whose recall@k on
+    a sample of these rows reaches ``target``; all lists, an exhaustive scan, when none below
+    does."""
+    x32 = _rows(vectors, positions)
     lists = lists_for(len(positions))
     kmeans = faiss.Kmeans(
         x32.shape[1],
@@ -165,20 +161,27 @@ def calibrate(
         verbose=False,
     )
     rng = np.random.default_rng(_SEED)
-    train = rng.choice(len(x32), min(len(x32), lists * _TRAIN_PER_LIST), replace=False)
-    kmeans.train(x32[np.sort(train)])
-    plan = IvfPlan(np.asarray(kmeans.centroids, dtype=np.float32), FIRST_PROBE, 0.0)
-    search = open_index(vectors, positions, plan)
+    train = x32[np.sort(rng.choice(len(x32), min(len(x32), lists * _TRAIN_PER_LIST), False))]
+    kmeans.train(train)
+    quantizer = faiss.IndexFlatIP(x32.shape[1])
+    quantizer.add(np.asarray(kmeans.centroids, dtype=np.float32))
+    empty = faiss.IndexIVFScalarQuantizer(
+        quantizer, x32.shape[1], lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    empty.train(train)  # the quantizer holds its centroids: this fits the codes' ranges only
+    trained = faiss.serialize_index(empty).tobytes()
+    search = open_index(x32, np.arange(len(x32)), IvfPlan(trained, FIRST_PROBE, 0.0))
+    search.positions = positions
     sample = np.sort(rng.choice(len(x32), min(len(x32), SAMPLE), replace=False))
     truth = _exact_sets(x32, sample, k)
     probe = min(FIRST_PROBE, lists)
     while True:
         search.index.nprobe = probe
-        recall = _recall(search, x32[sample], sample, truth, k)
+        recall = _recall(search, x32, sample, truth, k)
         if recall >= target or probe >= lists:
             break
         probe = min(2 * probe, lists)
-    return IvfPlan(plan.centroids, probe, recall), search
+    return IvfPlan(trained, probe, recall), search
 
 
 def _exact_sets(x32: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
@@ -193,11 +196,17 @@ def _exact_sets(x32: np.ndarray, sample: np.ndarray, k: int) -> np.ndarray:
 
 
 def _recall(
-    search: IvfSearch, queries: np.ndarray, own: np.ndarray, truth: np.ndarray, k: int
+    search: IvfSearch, x32: np.ndarray, sample: np.ndarray, truth: np.ndarray, k: int
 ) -> float:
-    _, labels = search.index.search(queries, k + 1)
-    labels[labels == own[:, None]] = -1
-    pairs = zip(labels, truth, strict=True)
+    """Recall@k of the sample as a build finds it: the index's best ``k + CANDIDATES_OVER``
+    (by their 8-bit scores), rescored from the vectors, the best k of those kept."""
+    queries = x32[sample]
+    _, labels = search.index.search(queries, k + CANDIDATES_OVER + 1)
+    labels[labels == sample[:, None]] = -1
+    scores = np.einsum("nd,nkd->nk", queries, x32[np.maximum(labels, 0)])
+    scores[labels < 0] = -np.inf
+    best = np.take_along_axis(labels, np.argsort(-scores, axis=1)[:, :k], axis=1)
+    pairs = zip(best, truth, strict=True)
     hits = sum(len(np.intersect1d(found[found >= 0], want)) for found, want in pairs)
     return hits / max(truth.size, 1)
 

@@ -162,13 +162,19 @@ def by_key(session: Session) -> Iterator[None]:
         session.execute(text("SET LOCAL enable_seqscan TO DEFAULT"))
 
 
-def keyset_pages(session: Session, statement: Any, key: Any, rows: int) -> Iterator[list[Any]]:
+def keyset_pages(
+    session: Session, statement: Any, key: Any, rows: int, *, joined: Sequence[Any] = ()
+) -> Iterator[list[Any]]:
     """The rows of ``statement`` ``rows`` at a time, in order of ``key`` (its first column,
     unique): each page starts after the last key of the one before, so a large table is read
-    through an index without holding it, and no OFFSET rescans what was read."""
+    through an index without holding it, and no OFFSET rescans what was read. ``joined``:
+    columns joined equal to ``key``, given the same start, so that a merge join's other side
+    starts there too instead of at its beginning."""
     last: Any = None
     while True:
-        page = statement if last is None else statement.where(key > last)
+        page = statement
+        if last is not None:
+            page = page.where(*(column > last for column in (key, *joined)))
         found = read_rows(session, page.order_by(key).limit(rows))
         if not found:
             return

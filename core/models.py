@@ -262,8 +262,9 @@ class BuildBlock(Base):
 
 class BuildIndex(Base):
     """The approximate index of one group of an index job's build (``core.approximate``):
-    its k-means centroids, the probe calibrated on a sample of its rows, and the recall@k that
-    sample measured. Stored with the plan, so every block searches the same index."""
+    trained and empty (``centroids``: its k-means centroids and codes, serialised by faiss),
+    the probe calibrated on a sample of its rows, and the recall@k that sample measured.
+    Stored with the plan, so every block searches the same index."""
 
     __tablename__ = "build_indexes"
 

@@ -275,7 +275,7 @@ def _store_indexes(
                 rows=len(rows),
                 probe=found.probe,
                 recall=found.recall,
-                centroids=found.to_bytes(),
+                centroids=found.trained,
             )
         )
     _OPEN_INDEXES.put(_index_key(job_id, plan), opened)
@@ -300,7 +300,7 @@ def _indexes(
             stored.group_no: approximate.open_index(
                 vectors.vectors,
                 rows[stored.group_no],
-                IvfPlan.from_bytes(stored.centroids, stored.probe, stored.recall),
+                IvfPlan(stored.centroids, stored.probe, stored.recall),
             )
             for stored in session.scalars(select(BuildIndex).where(BuildIndex.job_id == job_id))
         }

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from core.approximate import IvfSearch
+from core.approximate import CANDIDATES_OVER, IvfSearch
 
 NO_NEIGHBOUR = -1
 
@@ -106,7 +106,7 @@ def search(vectors: np.ndarray, queries: np.ndarray, k: int, block_size: int = 2
 # Candidates are found with float32 products (fast), then rescored in float64. A true top-k
 # neighbour can only be missed by float32 if more than _MARGIN others score within float32's
 # error of it; rows where that is possible are recomputed exactly (see _finish).
-_MARGIN = 6
+_MARGIN = CANDIDATES_OVER
 # Bound on the float32 error of a dot product of two unit vectors (d * 2**-24 is 3e-5 for
 # d = 512), with room to spare.
 _EPS = 2e-4

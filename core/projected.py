@@ -131,7 +131,7 @@ def _missing(
             if found:
                 yield found
         return
-    yield from keyset_pages(session, query, Embedding.product_id, CHUNK_ROWS)
+    yield from keyset_pages(session, query, Embedding.product_id, CHUNK_ROWS, joined=[Product.id])
 
 
 def drop(session: Session, product_ids: Sequence[str]) -> None:

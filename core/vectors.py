@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -152,5 +153,23 @@ def embedding_chunks(
 ) -> Iterator[np.ndarray]:
     """The current vectors of ``embedding_model_id``, unprojected, ``rows`` at a time (in the
     database's order of ids): a pass over a catalogue that never holds it whole."""
-    for page in keyset_pages(session, current_rows(embedding_model_id), Embedding.product_id, rows):
+    pages = keyset_pages(
+        session, current_rows(embedding_model_id), Embedding.product_id, rows, joined=[Product.id]
+    )
+    for page in pages:
         yield stacked(page)
+
+
+def concatenated(pages: Sequence[VectorSet]) -> VectorSet:
+    """Pages of one space's rows (each in the database's id order) as one set in Python's id
+    order, the tie-break order everywhere (a collation may order ids otherwise)."""
+    ids = [pid for page in pages for pid in page.ids]
+    full = [page.vectors for page in pages if len(page.ids)]
+    if not full:
+        return VectorSet([], np.zeros((0, 0), dtype=np.float32))
+    vectors = np.concatenate(full) if len(full) > 1 else full[0]
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        ids = [ids[n] for n in order]
+        vectors = vectors[np.array(order, dtype=np.int64)]
+    return VectorSet(ids, vectors)
