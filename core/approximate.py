@@ -136,7 +136,7 @@ def _rows(vectors: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def open_index(vectors: np.ndarray, positions: np.ndarray, plan: IvfPlan) -> IvfSearch:
     """``vectors[positions]`` in ``plan``'s trained index. Rows are kept as 8-bit codes (a
     quarter of their float32 size): candidates are rescored from the vectors themselves."""
-    index = faiss.deserialize_index(np.frombuffer(plan.trained, dtype=np.uint8))
+    index: Any = faiss.deserialize_index(np.frombuffer(plan.trained, dtype=np.uint8))
     index.add(_rows(vectors, positions))
     index.nprobe = plan.probe
     return IvfSearch(index, positions)
