@@ -378,6 +378,7 @@ def main() -> None:
         "pynndescent, updates (adds and deletes on the last table built).",
     )
     parser.add_argument("--workers", default="1,2", help="Worker counts of the exact build.")
+    parser.add_argument("--faiss-threads", default="1,2", help="Threads of the faiss reference.")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
 
@@ -438,7 +439,7 @@ def main() -> None:
             (work / "updates").mkdir()
             save(updates=updates(env, url, base, work / "updates"))
         if "faiss" in stages:
-            for threads in (1, 2):
+            for threads in map(int, args.faiss_threads.split(",")):
                 save(**{f"faiss_flat_{threads}_thread_s": faiss_reference(vectors, threads)})
         if "pynndescent" in stages:
             # Its default graph (k + 1 per vector), and a wider one for a recall nearer 0.98.
