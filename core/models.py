@@ -313,6 +313,17 @@ class ChangeCounter(Base):
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class VectorChange(Base):
+    """The product a move of the ``vectors`` counter was about (None: a truncate, everything),
+    one row per move, logged by the same triggers (migration 0014); the last 100,000 kept. A
+    process cache follows them rather than reading every vector again (core.space_cache)."""
+
+    __tablename__ = "vector_changes"
+
+    counter: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    product_id: Mapped[str | None] = mapped_column(String(PRODUCT_ID_LENGTH))
+
+
 class ListWrite(Base):
     """The lists one transaction rewrote, between two values of the ``neighbours`` counter.
 

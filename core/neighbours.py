@@ -147,18 +147,21 @@ def _float32_candidates(
 ) -> Neighbours:
     """The best ``keep`` candidates of each query by float32 score, best first, never itself.
 
-    Faiss's flat index is an exact search (BLAS products, a heap per query, OpenMP threads);
-    the order it gives tied scores does not matter, as _finish re-sorts by exact score. An
-    ``ivf`` index scans only the rows of the lists nearest each query.
+    Faiss's exact k-NN is a scan of the candidates in place (BLAS products, a heap per query,
+    OpenMP threads; no index, so no copy of a million vectors for one newcomer); the order it
+    gives tied scores does not matter, as _finish re-sorts by exact score. An ``ivf`` index
+    scans only the rows of the lists nearest each query.
     """
     x32 = np.ascontiguousarray(vectors, dtype=np.float32)
     external = query_vectors is not vectors
-    index: faiss.Index
-    if ivf is not None:
-        index = ivf.index
-    else:
-        index = faiss.IndexFlatIP(x32.shape[1])
-        index.add(x32 if len(cand_pos) == len(x32) else x32[cand_pos])
+    base = x32 if ivf is not None or len(cand_pos) == len(x32) else x32[cand_pos]
+
+    def search(queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        if ivf is not None:
+            found: tuple[np.ndarray, np.ndarray] = ivf.index.search(queries, count)
+            return found
+        return faiss.knn(queries, base, count, metric=faiss.METRIC_INNER_PRODUCT)
+
     # One more than needed, so that a query's own entry can be dropped.
     wanted = min(keep + 1, len(cand_pos))
     running = empty_lists(len(query_pos), keep)
@@ -167,7 +170,7 @@ def _float32_candidates(
         rows = slice(q0, min(q0 + block_size, len(query_pos)))
         own = query_pos[rows]
         queries = query_vectors[rows] if external else x32[own]
-        scores, labels = index.search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
+        scores, labels = search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
         positions = np.where(labels >= 0, cand_pos[labels], NO_NEIGHBOUR)
         positions[positions == own[:, None]] = NO_NEIGHBOUR
         # A stable sort by absence keeps faiss's best-first order and moves gaps to the end.

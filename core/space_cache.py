@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from core import projected
 from core.db import IN_CHUNK, keyset_pages, read_rows
 from core.list_ends import ListEnds, follow_list_writes, read_list_ends
-from core.models import ChangeCounter, Embedding, Product
+from core.models import ChangeCounter, Embedding, Product, VectorChange
 from core.neighbour_table import NEIGHBOURS_COUNTER, read_counter
 from core.projection import Projection
 from core.spaces import Space, projection_of
@@ -50,6 +50,7 @@ SETTLE = timedelta(minutes=5)
 # Up to this many new vectors are fetched through SQLAlchemy (an add), more in binary.
 _FEW_ROWS = 64
 _PAGE_ROWS = 262_144  # rows per read of a full load
+_FOLLOW_MAX = 10_000  # products changed since beyond which everything is read again
 
 
 @dataclass(frozen=True)
@@ -110,32 +111,79 @@ def _assembled(rows: Sequence[Any], projection: Projection | None) -> VectorSet:
 
 
 def _catch_up(session: Session, space: Space, known: _Vectors) -> _Vectors | None:
-    """``known`` with the rows inserted since, or None when anything else changed."""
+    """``known`` with the rows inserted since, and the rows of products whose vector was
+    updated or deleted or whose photo changed since read again (``VectorChange``), or None
+    when that cannot be followed (a truncate, too many changes, a gap in the log)."""
     if known.counter is None:
         return None
     read_at = datetime.now(UTC)
+    counter, rows = _counter_and_count(session, space)
     # Nothing inserted, updated or deleted since (the usual case for a build's blocks): one
     # statement, rather than the ids of every row created in the window (all of them, after
     # a bulk load).
-    if _counter_and_count(session, space) == (known.counter, known.rows):
+    if (counter, rows) == (known.counter, known.rows):
         return replace(known, read_at=read_at)
-    new = _new_rows(session, space, known)
+    if counter is None:
+        return None
+    changed: set[str] = set()
+    base = known
+    if counter != known.counter:
+        followed, changed = _without_changed(session, known, counter)
+        if followed is None:
+            return None
+        base = followed
+    new = _new_rows(session, space, base)
+    seen = {row[0] for row in new}
+    query = _rows(space.embedding_model_id)
+    for start in range(0, len(changed), IN_CHUNK):
+        ids = sorted(changed)[start : start + IN_CHUNK]
+        again = session.execute(query.where(Embedding.product_id.in_(ids)))
+        new.extend(row for row in again if row[0] not in seen)
     wanted = sorted(row[0] for row in new if row[1])
     fetched = _fetch_vectors(session, space, known.projection, wanted)
-    counter, rows = _counter_and_count(session, space)
-    if counter != known.counter or rows != known.rows + len(new) or len(fetched.ids) != len(wanted):
+    after, rows = _counter_and_count(session, space)
+    if after != counter or rows != base.rows + len(new) or len(fetched.ids) != len(wanted):
         return None
     width = known.vectors.vectors.shape[1]
-    if len(fetched.ids) and len(known.vectors.ids) and fetched.vectors.shape[1] != width:
+    if len(fetched.ids) and len(base.vectors.ids) and fetched.vectors.shape[1] != width:
         return None  # another raw dimension: the model changed under the same id
     return _Vectors(
         counter,
-        known.vectors.with_rows(fetched.ids, fetched.vectors),
-        known.outdated | {row[0] for row in new if not row[1]},
+        base.vectors.with_rows(fetched.ids, fetched.vectors),
+        base.outdated | {row[0] for row in new if not row[1]},
         rows,
         read_at,
         known.projection,
     )
+
+
+def _without_changed(
+    session: Session, known: _Vectors, counter: int
+) -> tuple[_Vectors | None, set[str]]:
+    """``known`` at ``counter`` less the rows of the products the counter moved for since, and
+    those products; None when the log does not hold every move, or holds a truncate."""
+    logged = list(
+        session.scalars(
+            select(VectorChange.product_id).where(
+                VectorChange.counter > known.counter, VectorChange.counter <= counter
+            )
+        )
+    )
+    changed = {pid for pid in logged if pid is not None}
+    if len(logged) != counter - (known.counter or 0) or len(changed) < len(set(logged)):
+        return None, set()
+    if len(changed) > _FOLLOW_MAX:
+        return None, set()
+    held = [pid for pid in changed if known.vectors.position(pid) is not None]
+    outdated = changed & known.outdated
+    base = replace(
+        known,
+        counter=counter,
+        vectors=known.vectors.without(held),
+        outdated=known.outdated - changed,
+        rows=known.rows - len(held) - len(outdated),
+    )
+    return base, changed
 
 
 def _new_rows(session: Session, space: Space, known: _Vectors) -> list[Any]:

@@ -69,6 +69,16 @@ class VectorSet:
         found = (self.position(pid) for pid in sorted(set(product_ids)))
         return np.array([pos for pos in found if pos is not None], dtype=np.int64)
 
+    def without(self, product_ids: Iterable[str]) -> VectorSet:
+        """A new set without the rows of ``product_ids`` (those it has)."""
+        drop = self.positions_found(product_ids)
+        if not len(drop):
+            return self
+        keep = np.ones(len(self.ids), dtype=bool)
+        keep[drop] = False
+        ids = [pid for pid, kept in zip(self.ids, keep.tolist(), strict=True) if kept]
+        return VectorSet(ids, self.vectors[keep])
+
     def with_rows(self, ids: Sequence[str], vectors: np.ndarray) -> VectorSet:
         """A new set with rows for ``ids`` (sorted, none already here) added in order."""
         if not ids:

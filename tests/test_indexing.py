@@ -323,13 +323,25 @@ def test_a_warm_cache_follows_another_process_and_equals_a_rebuild(
 
 
 def test_a_cache_is_read_again_after_another_process_deletes_or_replaces(
-    shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path
+    shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from core import space_cache
+
     root = _colour_catalogue(tmp_path, count=14)
     items = read_catalogue(root).items
     model = Space(pixel_encoder.model_id)
     cache = _warm(shared_url, pixel_encoder, items)
     other = _sessions(shared_url)
+    # From here on the cache follows the logs (vector changes, list writes): it reads again
+    # only the products that changed, never everything.
+    full_reads: list[str] = []
+    for name in ("_read_vectors", "read_list_ends"):
+        real = getattr(space_cache, name)
+        monkeypatch.setattr(
+            space_cache,
+            name,
+            lambda *a, _real=real, _name=name, **kw: full_reads.append(_name) or _real(*a, **kw),
+        )
 
     with other() as session:
         delete_products(session, [items[3].product_id], model, SQL, K, 4)
@@ -357,9 +369,11 @@ def test_a_cache_is_read_again_after_another_process_deletes_or_replaces(
         update_lists(session, model, SQL, K, 4, stale_ids=[replaced])
         session.commit()
     with _sessions(shared_url)() as session:
+        monkeypatch.undo()  # what a fresh read gives, to compare with
         _assert_current(session, cache, model)
         assert update_lists(session, model, cache, K, 4) == 0
         assert _table(session) == _expected(session, model)
+    assert full_reads == []
 
 
 def test_a_cache_keeps_nothing_from_a_rolled_back_transaction(
