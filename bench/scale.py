@@ -365,6 +365,22 @@ def updates(env: dict[str, str], url: str, base: np.ndarray, logs: Path) -> dict
     return result
 
 
+def approximate_graph(vectors: np.ndarray, sample: np.ndarray) -> tuple[float, np.ndarray]:
+    """The approximate build's search alone, in this process on 2 threads (no database, no
+    workers): calibration, then every row's lists, as pynndescent's graph is timed."""
+    import faiss
+
+    from core.approximate import calibrate
+    from core.neighbours import top_k
+
+    faiss.omp_set_num_threads(2)
+    started = time.perf_counter()
+    _, index = calibrate(vectors, np.arange(len(vectors)), K, 0.98)
+    lists = top_k(vectors, K, 16384, indexes={0: index})
+    seconds = time.perf_counter() - started
+    return seconds, lists.positions[sample]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--products", type=int, default=200_000)
@@ -373,9 +389,10 @@ def main() -> None:
     parser.add_argument("--keep-database", action="store_true")
     parser.add_argument(
         "--stages",
-        default="exact,faiss,approximate,pynndescent,updates",
+        default="exact,faiss,approximate,graph,pynndescent,updates",
         help="Comma-separated: exact (through --workers), faiss, approximate (2 workers), "
-        "pynndescent, updates (adds and deletes on the last table built).",
+        "graph (the approximate search alone, in process), pynndescent, updates (adds and "
+        "deletes on the last table built).",
     )
     parser.add_argument("--workers", default="1,2", help="Worker counts of the exact build.")
     parser.add_argument("--faiss-threads", default="1,2", help="Threads of the faiss reference.")
@@ -441,6 +458,10 @@ def main() -> None:
         if "faiss" in stages:
             for threads in map(int, args.faiss_threads.split(",")):
                 save(**{f"faiss_flat_{threads}_thread_s": faiss_reference(vectors, threads)})
+        if "graph" in stages:
+            seconds, found = approximate_graph(vectors, sample)
+            measured = {"seconds": seconds, "sampled_recall": recall(found, truth)}
+            save(approximate_graph_2_threads=measured)
         if "pynndescent" in stages:
             # Its default graph (k + 1 per vector), and a wider one for a recall nearer 0.98.
             for neighbours in (K + 1, 3 * K):
