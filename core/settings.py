@@ -134,7 +134,8 @@ class Settings(BaseSettings):
         default=500_000,
         ge=1,
         description="Products from which an 'auto' build is approximate: an exact build of "
-        "500,000 takes about 15 minutes on two 2-core workers (BENCHMARKS.md).",
+        "500,000 is projected at about 15 minutes with two worker processes on two cores "
+        "(BENCHMARKS.md).",
     )
     approximate_recall: float = Field(
         default=0.98,
