@@ -37,6 +37,7 @@ from core.errors import JobNotFound
 from core.jobs import ChunkState, JobState, get_job, state_of
 from core.models import BuildBlock, BuildIndex, Job, JobChunk
 from core.neighbour_table import (
+    analyse_lists,
     delete_lists,
     listed_products,
     lock_neighbour_table,
@@ -245,6 +246,7 @@ def finish_build(
     orphans = sorted(listed_products(session) - set(vectors.ids))
     delete_lists(session, orphans)
     log_list_writes(session, before, orphans)
+    analyse_lists(session)
     blocks = session.scalar(
         select(func.coalesce(func.sum(BuildBlock.written), 0)).where(BuildBlock.job_id == job.id)
     )

@@ -21,6 +21,7 @@ from core.db import in_chunks
 from core.list_ends import ListEnds
 from core.models import Product
 from core.neighbour_table import (
+    analyse_lists,
     delete_lists,
     listed_products,
     lists_mentioning,
@@ -66,6 +67,7 @@ def rebuild_lists(
     orphans = sorted(listed_products(session) - set(vectors.ids))
     delete_lists(session, orphans)
     after = log_list_writes(session, before, changed_ids + orphans)
+    analyse_lists(session)
     listed = fresh.positions[:, 0] != NO_NEIGHBOUR
     ends = ListEnds(k, vectors, listed, fresh.scores[:, k - 1].copy(), {})
     reader.keep_list_ends(session, space, ends, after)
