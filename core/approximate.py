@@ -1,4 +1,4 @@
-"""Approximate full builds for large catalogues: faiss's inverted-file index (IVF, flat codes).
+"""Approximate full builds for large catalogues: faiss's inverted-file index (IVF, 8-bit codes).
 
 An exact build scores every pair: about half an hour for a million products on two cores
 (BENCHMARKS.md). In approximate mode each group of rows large enough gets an IVF index: its
