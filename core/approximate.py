@@ -75,13 +75,21 @@ class BuildSearch:
         approximate (none when exact): for a build in one go, which stores nothing."""
         if not self.approximate(len(vectors)):
             return {}
-        return {
-            group: calibrate(vectors, rows, k, self.recall)[1]
-            for group, rows in large_groups(len(vectors), groups).items()
-        }
+        calibrated = calibrate_groups(vectors, groups, k, self.recall)
+        return {group: search for group, (_, search) in calibrated.items()}
 
 
 EXACT = BuildSearch()
+
+
+def calibrate_groups(
+    vectors: np.ndarray, groups: np.ndarray | None, k: int, target: float
+) -> dict[int, tuple[IvfPlan, IvfSearch]]:
+    """:func:`calibrate` for each of the large groups of ``vectors`` (:func:`large_groups`)."""
+    return {
+        group: calibrate(vectors, rows, k, target)
+        for group, rows in large_groups(len(vectors), groups).items()
+    }
 
 
 def large_groups(count: int, groups: np.ndarray | None) -> dict[int, np.ndarray]:
@@ -170,8 +178,9 @@ def calibrate(
     )
     empty.train(train)  # the quantizer holds its centroids: this fits the codes' ranges only
     trained = faiss.serialize_index(empty).tobytes()
-    search = open_index(x32, np.arange(len(x32)), IvfPlan(trained, FIRST_PROBE, 0.0))
-    search.positions = positions
+    # Over the group's own rows (x32), labelled with their positions among all the vectors.
+    opened = open_index(x32, np.arange(len(x32)), IvfPlan(trained, FIRST_PROBE, 0.0))
+    search = IvfSearch(opened.index, positions)
     sample = np.sort(rng.choice(len(x32), min(len(x32), SAMPLE), replace=False))
     truth = _exact_sets(x32, sample, k)
     probe = min(FIRST_PROBE, lists)

@@ -267,19 +267,19 @@ def _store_indexes(
     k: int,
     recall: float,
 ) -> None:
-    opened: dict[int, IvfSearch] = {}
-    for group, rows in approximate.large_groups(len(vectors.ids), groups).items():
-        found, opened[group] = approximate.calibrate(vectors.vectors, rows, k, recall)
+    calibrated = approximate.calibrate_groups(vectors.vectors, groups, k, recall)
+    for group, (found, search) in calibrated.items():
         session.add(
             BuildIndex(
                 job_id=job_id,
                 group_no=group,
-                rows=len(rows),
+                rows=len(search.positions),
                 probe=found.probe,
                 recall=found.recall,
                 centroids=found.trained,
             )
         )
+    opened = {group: search for group, (_, search) in calibrated.items()}
     _OPEN_INDEXES.put(_index_key(job_id, plan), opened)
 
 

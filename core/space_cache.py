@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,13 +33,13 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from core import projected
-from core.db import IN_CHUNK, keyset_pages, read_rows
+from core.db import in_chunks, read_rows
 from core.list_ends import ListEnds, follow_list_writes, read_list_ends
 from core.models import ChangeCounter, Embedding, Product, VectorChange
 from core.neighbour_table import NEIGHBOURS_COUNTER, read_counter
 from core.projection import Projection
 from core.spaces import Space, projection_of
-from core.vectors import VectorSet, concatenated, stacked
+from core.vectors import VectorSet
 
 VECTORS_COUNTER = "vectors"
 # How far before the last check to look for new rows. A row is committed moments after it is
@@ -49,7 +48,6 @@ VECTORS_COUNTER = "vectors"
 SETTLE = timedelta(minutes=5)
 # Up to this many new vectors are fetched through SQLAlchemy (an add), more in binary.
 _FEW_ROWS = 64
-_PAGE_ROWS = 262_144  # rows per read of a full load
 _FOLLOW_MAX = 10_000  # products changed since beyond which everything is read again
 
 
@@ -80,34 +78,8 @@ def _read_vectors(session: Session, space: Space) -> _Vectors:
     # Before the rows: a change after it shows at the next use.
     counter = read_counter(session, VECTORS_COUNTER)
     projection = projection_of(session, space)
-    # A page at a time, each made an array at once: a million rows never sit in memory as
-    # a million small objects (their freed memory stays with the process: 580 MB at 1M).
-    pages: list[VectorSet] = []
-    outdated: set[str] = set()
-    rows = 0
-    statement = _space_rows(space, projection)
-    pager = keyset_pages(session, statement, Embedding.product_id, _PAGE_ROWS, joined=[Product.id])
-    for page in pager:
-        rows += len(page)
-        outdated.update(row[0] for row in page if not row[1])
-        pages.append(_assembled([row for row in page if row[1]], projection))
-        del page
-    return _Vectors(counter, concatenated(pages), frozenset(outdated), rows, read_at, projection)
-
-
-def _space_rows(space: Space, projection: Projection | None) -> Any:
-    """(id, current, ...) of every row, then what ``_assembled`` makes vectors of."""
-    if projection is None or space.projection_tag is None:
-        return _rows(space.embedding_model_id).add_columns(Embedding.dim, Embedding.vector)
-    return projected.space_rows(space.embedding_model_id, space.projection_tag)
-
-
-def _assembled(rows: Sequence[Any], projection: Projection | None) -> VectorSet:
-    """Rows of ``_space_rows`` (current ones, in id order) as a set of the space's vectors."""
-    if projection is None:
-        raw = stacked([(row[0], row[2], row[3]) for row in rows])
-        return VectorSet([row[0] for row in rows], raw)
-    return projected.assemble(rows, projection)
+    read = projected.read_space(session, space.embedding_model_id, space.projection_tag, projection)
+    return _Vectors(counter, read.vectors, read.outdated, read.rows, read_at, projection)
 
 
 def _catch_up(session: Session, space: Space, known: _Vectors) -> _Vectors | None:
@@ -135,8 +107,7 @@ def _catch_up(session: Session, space: Space, known: _Vectors) -> _Vectors | Non
     new = _new_rows(session, space, base)
     seen = {row[0] for row in new}
     query = _rows(space.embedding_model_id)
-    for start in range(0, len(changed), IN_CHUNK):
-        ids = sorted(changed)[start : start + IN_CHUNK]
+    for ids in in_chunks(sorted(changed)):
         again = session.execute(query.where(Embedding.product_id.in_(ids)))
         new.extend(row for row in again if row[0] not in seen)
     wanted = sorted(row[0] for row in new if row[1])
@@ -169,9 +140,9 @@ def _without_changed(
             )
         )
     )
+    if len(logged) != counter - (known.counter or 0) or None in logged:
+        return None, set()  # a gap in the log (pruned), or a truncate
     changed = {pid for pid in logged if pid is not None}
-    if len(logged) != counter - (known.counter or 0) or len(changed) < len(set(logged)):
-        return None, set()
     if len(changed) > _FOLLOW_MAX:
         return None, set()
     held = [pid for pid in changed if known.vectors.position(pid) is not None]
@@ -206,12 +177,12 @@ def _fetch_vectors(
     # A few (an add) through SQLAlchemy, whose statements are compiled once; many in binary.
     read = functools.partial(read_rows, session) if len(wanted) > _FEW_ROWS else session.execute
     fetched: list[Any] = []
-    query = _space_rows(space, projection)
-    for start in range(0, len(wanted), IN_CHUNK):
-        ids = wanted[start : start + IN_CHUNK]
+    tag = space.projection_tag if projection is not None else None
+    query = projected.space_rows(space.embedding_model_id, tag)
+    for ids in in_chunks(wanted):
         fetched.extend(row for row in read(query.where(Embedding.product_id.in_(ids))) if row[1])
     fetched.sort(key=lambda row: row[0])
-    return _assembled(fetched, projection)
+    return projected.assemble(fetched, projection)
 
 
 def _counter_and_count(session: Session, space: Space) -> tuple[int | None, int]:

@@ -17,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import projected
-from core.db import read_rows
 from core.errors import NotIndexed
 from core.models import ProjectionRecord
 from core.nuisance import sample_ids
@@ -190,11 +189,8 @@ def load_space_vectors(session: Session, space: Space) -> VectorSet:
     embeddings of vectors without one, projected here (see ``core.space_reader`` for the
     readers jobs use)."""
     projection = projection_of(session, space)
-    if projection is None or space.projection_tag is None:
-        return load_embeddings(session, space.embedding_model_id)
-    rows = read_rows(session, projected.space_rows(space.embedding_model_id, space.projection_tag))
-    current = sorted((row for row in rows if row[1]), key=lambda row: row[0])
-    return projected.assemble(current, projection)
+    read = projected.read_space(session, space.embedding_model_id, space.projection_tag, projection)
+    return read.vectors
 
 
 def project_queries(session: Session, space: Space, vectors: np.ndarray) -> np.ndarray:
