@@ -144,11 +144,15 @@ def visible_photos_loaded(driver: WebDriver) -> bool:
 
 
 def check_photos(driver: WebDriver) -> None:
-    """Every photo has alt text and loads lazily; the ones in view have loaded."""
+    """Every photo has alt text and loads lazily; the ones in view have loaded; a catalogue
+    photo is shown as a thumbnail (``?w=``), never as the original."""
     for img in driver.find_elements(By.CSS_SELECTOR, "main img:not([hidden])"):
-        if img.get_attribute("src"):
+        src = img.get_attribute("src") or ""
+        if src:
             assert img.get_attribute("alt"), img.get_attribute("outerHTML")
             assert img.get_attribute("loading") == "lazy", img.get_attribute("outerHTML")
+        if "/images/" in src:
+            assert "w=" in src, img.get_attribute("outerHTML")
     wait_for(driver, visible_photos_loaded, 20)
 
 

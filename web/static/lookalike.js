@@ -167,7 +167,10 @@ function renderMatches(list, neighbours, form) {
       const name = match.productDisplayName || `Product ${match.id}`;
       card.querySelector("a").href = fillUrl(form.dataset.productUrl, match.id);
       const img = card.querySelector("img");
-      img.src = fillUrl(form.dataset.imageUrl, match.id);
+      // Thumbnails, as the server-rendered grids show them: never the original photo.
+      const photo = fillUrl(form.dataset.imageUrl, match.id);
+      img.src = `${photo}?w=180`;
+      img.srcset = `${photo}?w=180 1x, ${photo}?w=360 2x`;
       img.alt = name;
       card.querySelector(".card-name").textContent = name;
       card.querySelector(".rank").textContent = `#${match.rank}`;
