@@ -66,6 +66,7 @@ async def _run(
     seconds: float,
     connections: int,
     timeout: float,
+    trace: list[tuple[int, float, float, float]] | None,
 ) -> OpenLoopResult:
     scheme, _, authority, path = url_template.split("/", 3)
     parts = urlsplit(f"{scheme}//{authority}")
@@ -80,10 +81,12 @@ async def _run(
     last_done = 0.0
     pick = random.Random(0).choice
 
-    async def one(due: float, path: str) -> None:
+    async def one(seq: int, due: float, path: str) -> None:
         nonlocal errors, timeouts, last_done
         connection = await idle.get()
-        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        sent = time.perf_counter()
+        named = f"X-Request-ID: q{seq}\r\n" if trace is not None else ""
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{named}\r\n".encode()
         try:
             status = await asyncio.wait_for(
                 connection.get(request), due + timeout - time.perf_counter()
@@ -98,6 +101,8 @@ async def _run(
                 errors += 1
         done = time.perf_counter()
         latencies.append((done - due) * 1000)
+        if trace is not None:
+            trace.append((seq, due, sent, done))
         last_done = max(last_done, done)
         idle.put_nowait(connection)
 
@@ -110,7 +115,7 @@ async def _run(
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due, path_template.replace("{id}", pick(ids)))))
+        tasks.append(asyncio.create_task(one(i, due, path_template.replace("{id}", pick(ids)))))
     await asyncio.gather(*tasks)
     after = resource.getrusage(resource.RUSAGE_SELF)
     while not idle.empty():
@@ -132,10 +137,14 @@ def open_loop(
     seconds: float,
     connections: int = 64,
     timeout: float = 10.0,
+    trace: list[tuple[int, float, float, float]] | None = None,
 ) -> OpenLoopResult:
     """``rate`` GETs per second for ``seconds``, each to ``url_template`` with a random id; a
-    request with no whole response ``timeout`` seconds after it was due counts as an error."""
-    return asyncio.run(_run(url_template, ids, rate, seconds, connections, timeout))
+    request with no whole response ``timeout`` seconds after it was due counts as an error.
+    With ``trace``, each request says its number as ``X-Request-ID: q<n>`` and ``(n, due,
+    sent, done)`` is appended to it (``time.perf_counter``: CLOCK_MONOTONIC, every process's
+    clock on Linux)."""
+    return asyncio.run(_run(url_template, ids, rate, seconds, connections, timeout, trace))
 
 
 def main() -> None:
