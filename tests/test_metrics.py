@@ -56,6 +56,15 @@ def test_web_metrics_by_route_and_status_and_the_catalogue_state(client: FlaskCl
     assert any(name == "lookalike_queue_messages" for name, _ in samples)
 
 
+def test_a_method_clients_make_up_shares_one_series(client: FlaskClient) -> None:
+    """Series (and the process's cache of them) cannot grow with what clients send."""
+    for made_up in ("BREW", "WHEN", "FROBNICATE"):
+        assert client.open("/api/products", method=made_up).status_code == 405
+    samples = _samples(client.get("/metrics").get_data(as_text=True))
+    methods = {dict(labels).get("method") for name, labels in samples if "http" in name}
+    assert "other" in methods and not {"BREW", "WHEN", "FROBNICATE"} & methods
+
+
 def test_worker_metrics_count_photos_and_steps(
     client: FlaskClient, workers: Workers, fashion_dev: Path
 ) -> None:

@@ -50,10 +50,25 @@ def _count(response: Any) -> Any:
         return response
     # The route's pattern, not the path: one series per endpoint, whatever the ids.
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    latency, responses = _http()
-    latency.labels(route, request.method).observe(time.perf_counter() - started)
-    responses.labels(route, request.method, str(response.status_code)).inc()
+    method = request.method if request.method in _METHODS else "other"
+    latency, responses = _series(route, method, response.status_code)
+    latency.observe(time.perf_counter() - started)
+    responses.inc()
     return response
+
+
+# A client may send any method name: the ones HTTP defines keep their own series, and every
+# other one shares one, so neither the series nor the cache below grow with what clients send.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@functools.cache
+def _series(route: str, method: str, status: int) -> tuple[Any, Any]:
+    """The labelled children of one route, method and status, looked up once per process
+    (``labels()`` takes a lock and builds a key on every call). Routes are the app's own
+    patterns, methods a fixed few, statuses three digits, so this stays small."""
+    latency, responses = _http()
+    return latency.labels(route, method), responses.labels(route, method, str(status))
 
 
 def _queue_depth() -> dict[str, int]:

@@ -47,25 +47,28 @@ from bench.perf.open_loop import open_loop
 from bench.perf.read_path import WRK_SCRIPT, _start_ceiling, _wrk, wait_ready
 
 # What a profile sample was doing: the deepest frame of Lookalike's own code decides, else the
-# deepest frame of a library below.
-APP_PARTS = (
-    ("web/metrics.py", "metrics hooks (prometheus_client)"),
-    ("web/request_ids.py", "request id"),
-    ("web/headers.py", "security headers"),
-    ("core/read_cache.py", "read cache"),
-    ("core/db.py", "database read"),
-    ("core/lookalikes.py", "database read"),
-    ("web/api.py", "view (response object)"),
-    ("fixed_body_app.py", "view (response object)"),
-    ("web/", "other app code"),
-    ("core/", "other app code"),
-)
-LIBRARY_PARTS = (
-    ("/flask/", "Flask / Werkzeug dispatch"),
-    ("/werkzeug/", "Flask / Werkzeug dispatch"),
-    ("/gunicorn/", "gunicorn (parse, write)"),
-    ("/gevent/", "gevent loop and sockets"),
-)
+# deepest frame of a library below. py-spy names files relative to sys.path ("web/api.py",
+# "flask/app.py"), so the first component says whose a frame is.
+APP_PARTS = {
+    "web/metrics.py": "metrics hooks (prometheus_client)",
+    "web/request_ids.py": "request id",
+    "web/headers.py": "security headers",
+    "core/read_cache.py": "read cache",
+    "core/db.py": "database read",
+    "core/lookalikes.py": "database read",
+    "web/api.py": "view (response object)",
+    "bench/perf/fixed_body_app.py": "view (response object)",
+    "perf/fixed_body_app.py": "view (response object)",
+    "fixed_body_app.py": "view (response object)",
+}
+APP_PACKAGES = ("web", "core", "worker", "cli")
+LIBRARY_PARTS = {
+    "flask": "Flask / Werkzeug dispatch",
+    "werkzeug": "Flask / Werkzeug dispatch",
+    "blinker": "Flask / Werkzeug dispatch",
+    "gunicorn": "gunicorn (parse, write)",
+    "gevent": "gevent loop and sockets",
+}
 _FRAME_FILE = re.compile(r"\(([^()]*?)(?::\d+)?\)$")
 
 TAIL_PARTS = (
@@ -88,13 +91,13 @@ def part_of(stack: str) -> str:
         found = _FRAME_FILE.search(frame.strip())
         files.append(found[1] if found else "")
     for path in reversed(files):
-        for marker, name in APP_PARTS:
-            if marker in path and "/site-packages/" not in path:
-                return name
+        if path in APP_PARTS:
+            return APP_PARTS[path]
+        if path.split("/")[0] in APP_PACKAGES:
+            return "other app code"
     for path in reversed(files):
-        for marker, name in LIBRARY_PARTS:
-            if marker in path:
-                return name
+        if path.split("/")[0] in LIBRARY_PARTS:
+            return LIBRARY_PARTS[path.split("/")[0]]
     return "other (stdlib, interpreter)"
 
 
@@ -113,9 +116,10 @@ def _profiled_wrk(
     base: str, script: Path, server: int, seconds: int, out: Path
 ) -> dict[str, float]:
     """wrk at saturation while py-spy samples the gunicorn processes of ``server``."""
+    beside = Path(sys.executable).parent / "py-spy"  # installed in the same environment
     spy = subprocess.Popen(
         [
-            "py-spy",
+            str(beside) if beside.exists() else "py-spy",
             "record",
             "--pid",
             str(server),
@@ -145,7 +149,6 @@ def profile(
     """Per part, CPU ms per request of Lookalike and of the ceiling; and each one's CPU per
     request at saturation without py-spy."""
     script = work / "random.lua"
-    script.write_text(WRK_SCRIPT.format(ids=",".join(f'"{pid}"' for pid in ids)))
     web, base = start_web(env, 3, access_log=False)
     ceiling = None
     try:
@@ -254,7 +257,11 @@ def traced_run(
     try:
         template = base + "/api/products/{id}/similar"
         wait_ready(template.format(id=ids[0]))
-        open_loop(template, ids, rate, 5)  # warm-up, not traced
+        # Warm-up, not traced: wrk reads every id in every process, as a long-running server
+        # has (the catalogue's lists all fit in the read cache), then the client's own pace.
+        script = trace_dir.parent / "random.lua"
+        _wrk(base, script, 64, 5, server.pid)
+        open_loop(template, ids, rate, 3)
         result = open_loop(template, ids, rate, seconds, trace=client)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -328,6 +335,7 @@ def main() -> None:
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
     work = Path(tempfile.mkdtemp(prefix="lookalike-tail-"))
 
+    (work / "random.lua").write_text(WRK_SCRIPT.format(ids=",".join(f'"{p}"' for p in ids)))
     parts, cpu = profile(env, work, ids, args.profile_seconds)
 
     trace_dir = work / "trace"
