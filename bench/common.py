@@ -103,6 +103,22 @@ def lookalike_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def listed_ids(database_url: str) -> list[str]:
+    """The ids of the products that have a lookalike list, sorted: what the read benches ask
+    for."""
+    from sqlalchemy import create_engine, select
+
+    from core.models import Neighbour
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            query = select(Neighbour.product_id).where(Neighbour.rank == 1)
+            return sorted(connection.scalars(query))
+    finally:
+        engine.dispose()
+
+
 def create_database() -> str:
     """A new, empty PostgreSQL database on 127.0.0.1; returns its URL."""
     import uuid

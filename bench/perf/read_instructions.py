@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import ROOT, record
+from bench.common import ROOT, listed_ids, record
 
 WARMUP = 50
 
@@ -81,15 +81,9 @@ def main() -> None:
         _serve(args.child[0], int(args.child[1]), args.database_url, args.body)
         return
 
-    from sqlalchemy import create_engine, select
-
-    from core.models import Neighbour
     from web import create_app
 
-    engine = create_engine(args.database_url)
-    with engine.connect() as connection:
-        ids = sorted(connection.scalars(select(Neighbour.product_id).where(Neighbour.rank == 1)))
-    engine.dispose()
+    ids = listed_ids(args.database_url)
     work = Path(tempfile.mkdtemp(prefix="lookalike-bench-"))
     body = work / "body.json"
     body.with_suffix(".ids").write_text("\n".join(ids))

@@ -39,7 +39,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import ROOT, free_port, lookalike_env, record, start_web
+from bench.common import ROOT, free_port, listed_ids, lookalike_env, record, start_web
 from bench.perf.open_loop import open_loop
 
 README_QUERY = (
@@ -276,13 +276,11 @@ def main() -> None:
     parser.add_argument("--write-count", type=int, default=100)
     args = parser.parse_args()
 
-    from sqlalchemy import create_engine, select, text
+    from sqlalchemy import create_engine, text
 
-    from core.models import Neighbour
-
+    ids = listed_ids(args.database_url)
     engine = create_engine(args.database_url)
     with engine.begin() as connection:
-        ids = sorted(connection.scalars(select(Neighbour.product_id).where(Neighbour.rank == 1)))
         connection.execute(text("DROP TABLE IF EXISTS bench_ids"))
         connection.execute(text("CREATE TABLE bench_ids (n integer PRIMARY KEY, id text)"))
         connection.execute(

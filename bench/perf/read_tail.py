@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import ROOT, free_port, lookalike_env, record, start_web
+from bench.common import ROOT, free_port, listed_ids, lookalike_env, record, start_web
 from bench.perf.open_loop import open_loop
 from bench.perf.read_path import WRK_SCRIPT, _start_ceiling, _wrk, wait_ready
 
@@ -324,14 +324,7 @@ def main() -> None:
     parser.add_argument("--profile-seconds", type=int, default=15)
     args = parser.parse_args()
 
-    from sqlalchemy import create_engine, select
-
-    from core.models import Neighbour
-
-    engine = create_engine(args.database_url)
-    with engine.begin() as connection:
-        ids = sorted(connection.scalars(select(Neighbour.product_id).where(Neighbour.rank == 1)))
-    engine.dispose()
+    ids = listed_ids(args.database_url)
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
     work = Path(tempfile.mkdtemp(prefix="lookalike-tail-"))
 

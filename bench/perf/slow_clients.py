@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import ROOT, free_port, lookalike_env, record, start_web
+from bench.common import ROOT, free_port, listed_ids, lookalike_env, record, start_web
 from bench.perf.open_loop import OpenLoopResult, open_loop
 from bench.perf.read_path import wait_ready
 
@@ -111,14 +111,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="gthread threads per process")
     args = parser.parse_args()
 
-    from sqlalchemy import create_engine, select
-
-    from core.models import Neighbour
-
-    engine = create_engine(args.database_url)
-    with engine.connect() as connection:
-        ids = sorted(connection.scalars(select(Neighbour.product_id).where(Neighbour.rank == 1)))
-    engine.dispose()
+    ids = listed_ids(args.database_url)
     env = lookalike_env(LOOKALIKE_DATABASE_URL=args.database_url)
     work = Path(tempfile.mkdtemp(prefix="lookalike-slow-"))
 
