@@ -300,7 +300,9 @@ def pynndescent_graph(
     return seconds, found
 
 
-def updates(env: dict[str, str], url: str, base: np.ndarray, logs: Path) -> dict[str, Any]:
+def updates(
+    env: dict[str, str], url: str, base: np.ndarray, products: int, logs: Path
+) -> dict[str, Any]:
     """Adds of 1, 10 and 100 products and deletes of 1 through one worker, the first on a cold
     worker (its first task reads every vector and list end), the others warm: seconds from
     the job's submission to its end as polled here (every 2 ms)."""
@@ -340,10 +342,11 @@ def updates(env: dict[str, str], url: str, base: np.ndarray, logs: Path) -> dict
 
     made = 0
     model_id = ""
+    tag = uuid.uuid4().hex[:6]
 
     def add(count: int) -> float:
         nonlocal made
-        prefix = f"a{made:04d}-"
+        prefix = f"a{tag}{made:04d}-"  # a run of its own on a reused database too
         made += 1
         write_catalogue(url, model_id, synthetic(base, count, seed=1000 + made), prefix)
         ids = [f"{prefix}{n:07d}" for n in range(count)]
@@ -354,7 +357,9 @@ def updates(env: dict[str, str], url: str, base: np.ndarray, logs: Path) -> dict
     result: dict[str, Any] = {"ready_s": pool.ready_s[0], "cold_add_1_s": add(1)}
     for count, times in ((1, 9), (10, 3), (100, 3)):
         result[f"add_{count}_s"] = [add(count) for _ in range(times)]
-    deleted = [f"s{n:07d}" for n in (11, 222, 3333, 44444, 55555)]
+    # Products of the bulk load, drawn afresh each run (a reused database lost earlier ones).
+    drawn = np.random.default_rng().choice(products, 5, replace=False)
+    deleted = [f"s{n:07d}" for n in sorted(drawn)]
     result["delete_1_s"] = [
         run(JobKind.DELETE_PRODUCTS, JobStep.DELETE_PRODUCTS, [pid]) for pid in deleted
     ]
@@ -388,6 +393,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Write results here after every stage.")
     parser.add_argument("--keep-database", action="store_true")
     parser.add_argument(
+        "--reuse-database",
+        help="A database an earlier run kept (--keep-database), catalogue and lists in place: "
+        "nothing is written or built, only the updates stage runs on it (kept as well).",
+    )
+    parser.add_argument(
         "--stages",
         default="exact,faiss,approximate,graph,pynndescent,updates",
         help="Comma-separated: exact (through --workers), faiss, approximate (2 workers), "
@@ -418,7 +428,9 @@ def main() -> None:
     sample = np.sort(np.random.default_rng(5).choice(len(vectors), SAMPLE, replace=False))
     truth = exact_sample(vectors, sample)
 
-    url = create_database()
+    url = args.reuse_database or create_database()
+    if args.reuse_database:
+        stages &= {"updates"}
     work = Path(tempfile.mkdtemp(prefix="lookalike-scale-"))
     env = lookalike_env(
         LOOKALIKE_DATABASE_URL=url,
@@ -431,7 +443,7 @@ def main() -> None:
     runs = [(f"workers_{n}", int(n), "exact") for n in args.workers.split(",") if "exact" in stages]
     if "approximate" in stages:
         runs.append(("approximate_2", 2, "approximate"))
-    written = False
+    written = bool(args.reuse_database)
     try:
         subprocess.run(
             [sys.executable, "-m", "cli", "db", "upgrade"], env=env, check=True, capture_output=True
@@ -454,7 +466,7 @@ def main() -> None:
             pool.stop()
         if "updates" in stages and written:
             (work / "updates").mkdir()
-            save(updates=updates(env, url, base, work / "updates"))
+            save(updates=updates(env, url, base, args.products, work / "updates"))
         if "faiss" in stages:
             for threads in map(int, args.faiss_threads.split(",")):
                 save(**{f"faiss_flat_{threads}_thread_s": faiss_reference(vectors, threads)})
@@ -469,7 +481,7 @@ def main() -> None:
                 measured = {"seconds": seconds, "sampled_recall": recall(found, truth)}
                 save(**{f"pynndescent_{neighbours}_2_threads": measured})
     finally:
-        if not args.keep_database:
+        if not (args.keep_database or args.reuse_database):
             drop_database(url)
     if "workers_1" in results and "workers_2" in results:
         save(speedup=results["workers_1"]["build_s"] / results["workers_2"]["build_s"])
