@@ -12,10 +12,17 @@ process, never returns what the write replaced.
 
 A response rendered while the counters were being checked is not kept if the check dropped
 what was kept: it may have been read before the write it would then outlive.
+
+The check is made early, in the background: once half of ``max_age`` has passed, the next
+request starts a thread (a greenlet under gevent) that reads the counters, and goes on with what
+is kept, so no request waits for the database on the hit path. Only a request that finds the
+whole ``max_age`` passed with no check landed (the database slow, or the process idle) reads
+them itself before it answers: the bound holds either way.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +33,8 @@ from sqlalchemy import Engine, literal_column, or_, select
 from core.db import DriverStatement
 from core.models import ChangeCounter
 from core.neighbour_table import NEIGHBOURS_COUNTER
+
+log = logging.getLogger(__name__)
 
 PRODUCTS_COUNTER = "products"
 COUNTERS = (NEIGHBOURS_COUNTER, PRODUCTS_COUNTER)
@@ -47,8 +56,9 @@ class ReadCache:
         self._kept: OrderedDict[Hashable, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._seen: tuple[tuple[str, int], ...] | None = None
-        self._checked = float("-inf")
+        self._checked = float("-inf")  # when the last check that landed began
         self._generation = 0  # moved each time everything kept is dropped
+        self._refreshing = False
 
     def get(self, key: Hashable, render: Callable[[], bytes]) -> bytes:
         if self.entries <= 0:
@@ -69,16 +79,37 @@ class ReadCache:
         return body
 
     def _check(self) -> None:
-        """Read the counters if ``max_age`` has passed since they were last read; drop what is
-        kept if they moved."""
-        if time.monotonic() - self._checked < self.max_age:
+        """Past half of ``max_age`` since the last check began, start one in the background;
+        past all of it, check before answering."""
+        age = time.monotonic() - self._checked
+        if age < self.max_age / 2:
             return
+        if age < self.max_age:
+            with self._lock:
+                if self._refreshing:
+                    return
+                self._refreshing = True
+            threading.Thread(target=self._refresh_behind, daemon=True).start()
+            return
+        self._refresh()
+
+    def _refresh_behind(self) -> None:
+        try:
+            self._refresh()
+        except Exception:  # the next request past the bound checks itself, and says why
+            log.warning("read cache: the background check of the counters failed", exc_info=True)
+        finally:
+            self._refreshing = False
+
+    def _refresh(self) -> None:
+        """Read the counters (holding no lock: requests go on meanwhile); drop what is kept
+        if they moved."""
+        # The bound runs from before the read: every commit it sees is at least this old.
+        started = time.monotonic()
+        seen = tuple((name, int(value)) for name, value in self._counters.rows())
         with self._lock:
-            if time.monotonic() - self._checked < self.max_age:
-                return  # another thread checked meanwhile
-            # The bound runs from before the read: every commit it saw is at least this old.
-            started = time.monotonic()
-            seen = tuple((name, int(value)) for name, value in self._counters.rows())
+            if started <= self._checked:
+                return  # a check that began later has landed already
             if seen != self._seen:
                 self._kept.clear()
                 self._generation += 1

@@ -101,6 +101,39 @@ def test_a_response_rendered_across_a_drop_is_not_kept(indexed: Engine) -> None:
     assert cache.get("slow", Renders()) == b"1"
 
 
+class SlowCounters:
+    """The cache's counter read, taking ``delay`` seconds longer: a slow database."""
+
+    def __init__(self, statement: Any, delay: float) -> None:
+        self.statement, self.delay, self.reads = statement, delay, 0
+
+    def rows(self) -> list[Any]:
+        self.reads += 1
+        time.sleep(self.delay)
+        return list(self.statement.rows())
+
+
+def test_the_check_runs_behind_the_requests_within_the_bound(indexed: Engine) -> None:
+    """Past half the bound a request starts the counters' check in the background and answers
+    from memory; the check drops what a write replaced before the bound, no request waiting."""
+    cache = ReadCache(indexed, entries=10, max_age=2.0)
+    slow = cache._counters = SlowCounters(cache._counters, 0.5)  # type: ignore[assignment]
+    render = Renders()
+    assert cache.get("a", render) == b"1" and slow.reads == 1  # the first read checks first
+    with indexed.begin() as connection:
+        connection.execute(
+            text("UPDATE products SET meta = meta WHERE id = :id"), {"id": TSHIRTS[0]}
+        )
+    time.sleep(1.1)  # past half the bound
+    started = time.perf_counter()
+    assert cache.get("a", render) == b"1"  # answered from memory, not after the slow read
+    assert time.perf_counter() - started < 0.25
+    assert cache.get("a", render) == b"1" and render.calls == 1  # one check at a time
+    time.sleep(0.7)  # the background check has landed; the bound (2 s) has not passed
+    assert slow.reads == 2
+    assert cache.get("a", render) == b"2"
+
+
 # --- across processes ---------------------------------------------------------------------
 
 
