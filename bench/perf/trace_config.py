@@ -9,9 +9,9 @@ line per request to ``$LOOKALIKE_TRACE_DIR/<pid>.jsonl``:
   runnable but not running (``/proc/thread-self/schedstat``), so a process the kernel left
   waiting for a core shows as a difference;
 - ``gc``, ``gc_full``: seconds in the garbage collector in between, and full (gen 2) passes;
-- ``db``, ``db_calls``: seconds in the driver's statements (``core.db.DriverStatement``, the
-  read path's only database calls: the list read on a miss, the change counters once a second),
-  pool checkout included.
+- ``db``, ``db_calls``: seconds in the list reads of the read cache's misses, and how many;
+  ``check``, ``checks``: the same for its check of the change counters (both through
+  ``core.db.DriverStatement``, the read path's only database calls; pool checkout included).
 
 Under gevent a request on the read cache's hit path never yields, so the figures of a request
 are its own; one that waits on the database lets others run meanwhile, and their time shows
@@ -54,7 +54,7 @@ class Tracer:
         self.gc_seconds = 0.0
         self.gc_full = 0
         self._gc_started = 0.0
-        self.db: dict[object, tuple[float, int]] = {}
+        self.db: dict[tuple[object, bool], tuple[float, int]] = {}
         gc.callbacks.append(self._gc)
         self._wrap_statements()
 
@@ -76,7 +76,8 @@ class Tracer:
             try:
                 return rows(statement, **params)
             finally:
-                key = _current()
+                # The read cache's check of the change counters, or a list read (a miss).
+                key = (_current(), "change_counters" in statement.sql)
                 seconds, calls = db.get(key, (0.0, 0))
                 db[key] = (seconds + time.perf_counter() - started, calls + 1)
 
@@ -86,8 +87,9 @@ class Tracer:
         return int(os.pread(self.schedstat, 100, 0).split()[1]) / 1e9
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        key = _current()
-        self.db[key] = (0.0, 0)
+        me = _current()
+        for counters in (False, True):
+            self.db[(me, counters)] = (0.0, 0)
         gc0, full0 = self.gc_seconds, self.gc_full
         wait0, cpu0, t0 = self._waited(), time.thread_time(), time.perf_counter()
         result = self.app(environ, start_response)
@@ -98,7 +100,8 @@ class Tracer:
             if close is not None:
                 close()
         t1, cpu1, wait1 = time.perf_counter(), time.thread_time(), self._waited()
-        db, calls = self.db.pop(key, (0.0, 0))
+        db, calls = self.db.pop((me, False), (0.0, 0))
+        check, checks = self.db.pop((me, True), (0.0, 0))
         record = {
             "id": environ.get("HTTP_X_REQUEST_ID", ""),
             "t0": t0,
@@ -110,6 +113,8 @@ class Tracer:
             "gc_full": self.gc_full - full0,
             "db": db,
             "db_calls": calls,
+            "check": check,
+            "checks": checks,
         }
         self.out.write(json.dumps(record) + "\n")
         return body
