@@ -404,9 +404,14 @@ def main() -> None:
     record(
         f"Where the read path's time goes: one request and the tail, {len(ids):,} products",
         (profile_table + "\n\n" if args.profile_seconds > 0 else "") + tail_table,
-        f"Profile: py-spy at 200 Hz over every gunicorn worker at saturation (wrk, 64 "
-        f"connections, {args.profile_seconds} s each), shares times the CPU per request of a "
-        f"run without py-spy; the script prints where the raw stacks are. Tail: "
+        (
+            f"Profile: py-spy at 200 Hz over every gunicorn worker at saturation (wrk, 64 "
+            f"connections, {args.profile_seconds} s each), shares times the CPU per request of "
+            "a run without py-spy; the script prints where the raw stacks are. "
+            if args.profile_seconds > 0
+            else "No profile in this run. "
+        )
+        + "Tail: "
         f"{args.repeats} open-loop runs of {args.seconds} s at {args.rate}/s; the slowest 1% "
         f"of each ({summary['slow']} requests in all) split as the script's docstring says. "
         f"{summary['full_gc']} of them had a full garbage collection inside the app; they "
