@@ -167,6 +167,9 @@ def jobs(settings: Settings, limit: int) -> None:
                 click.echo(f"  error: {job.error}")
 
 
+WORKER_NICENESS = 10
+
+
 @main.command()
 @click.option("--concurrency", "-c", default=1, show_default=True, help="Worker processes.")
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -181,12 +184,31 @@ def jobs(settings: Settings, limit: int) -> None:
     is_flag=True,
     help="Take only index jobs' embedding chunks (LOOKALIKE_EMBED_QUEUE): a GPU worker.",
 )
+@click.option(
+    "--nice",
+    default=WORKER_NICENESS,
+    show_default=True,
+    type=click.IntRange(0, 19),
+    help="Raise this worker's CPU niceness by this much, so that on cores it shares with "
+    "`lookalike serve` the reads go first (0: as started).",
+)
 @click.pass_obj
 def worker(
-    settings: Settings, concurrency: int, loglevel: str, metrics_port: int, embed_only: bool
+    settings: Settings,
+    concurrency: int,
+    loglevel: str,
+    metrics_port: int,
+    embed_only: bool,
+    nice: int,
 ) -> None:
     """Start a Celery worker (each process loads the model once, at start)."""
     from worker.app import create_celery, worker_queues
+
+    if nice:
+        # Before the pool forks: every process of this worker inherits it. Embedding and
+        # builds are throughput work; a read waiting behind them is what a shopper notices
+        # (BENCHMARKS.md: p99 of the read path while an add job runs, with and without).
+        os.nice(nice)
 
     queues = worker_queues(settings, embed_only)
     if metrics_port:

@@ -1,13 +1,16 @@
 """GPU workers for the embedding stage (issue 16, item 6), as far as a machine without a GPU can
 test them: the extra is declared, embedding chunks are routed to a queue of their own that GPU
 workers alone take while the others take everything, and asking for a GPU where there is none
-falls back to the CPU."""
+falls back to the CPU. Also how any worker shares a machine: below the web processes' priority."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import uuid
 from importlib.metadata import requires
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,7 +20,7 @@ from core.devices import choose_device, visible_gpus
 from core.errors import InvalidSetting
 from core.jobs import JobStep, StepCall
 from core.settings import get_settings
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, Workers
 from worker.app import create_celery, worker_queues
 from worker.queue import CeleryQueue
 
@@ -62,3 +65,21 @@ def test_a_gpu_asked_for_where_there_is_none_falls_back_to_the_cpu(
         assert choose_device("gpu") == "cpu"
     assert "sees no GPU" in caplog.text
     assert choose_device("auto") == "cpu" and choose_device("cpu") == "cpu"
+
+
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_worker_runs_below_the_web_processes_priority(workers: Workers) -> None:
+    """Every process of `lookalike worker` (its pool too) yields the CPU to `lookalike serve`
+    on shared cores: niceness raised by --nice, 10 by default; --nice 0 keeps it."""
+    mine = os.nice(0)
+    (default,) = workers.start(1)
+    (same,) = workers.start(1, args=("--nice", "0"))
+    for process, expected in ((default, min(19, mine + 10)), (same, mine)):
+        group = subprocess.run(
+            ["pgrep", "-g", str(process.pid)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert len(group) >= 2  # the main process and its pool child
+        assert {_niceness(int(pid)) for pid in group} == {expected}
