@@ -50,6 +50,8 @@ def test_services_and_volumes() -> None:
         assert services[name]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
         )
+    # Workers yield shared cores to the web processes, as containers (CPU weight) too.
+    assert services["worker"]["cpu_shares"] < services["web"].get("cpu_shares", 1024)
     # Scalable with --scale worker=N: no fixed name, no published port.
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert set(compose["volumes"]) >= {"pgdata", "media"}
