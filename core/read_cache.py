@@ -22,6 +22,7 @@ them itself before it answers: the bound holds either way.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 import time
@@ -89,7 +90,11 @@ class ReadCache:
                 if self._refreshing:
                     return
                 self._refreshing = True
-            threading.Thread(target=self._refresh_behind, daemon=True).start()
+            # Not threading.Thread: its start() waits until the thread runs, and under gevent
+            # that wait lets every ready greenlet run first, so the request that started the
+            # check would be the slow one. The low-level start returns at once (gevent patches
+            # it to spawn a greenlet).
+            _thread.start_new_thread(self._refresh_behind, ())
             return
         self._refresh()
 
