@@ -91,3 +91,40 @@ def test_worker_metrics_count_photos_and_steps(
     assert _value(samples, "lookalike_job_step_seconds_count", step="add_products") == 1
     web = _samples(client.get("/metrics").get_data(as_text=True))
     assert _value(web, "lookalike_jobs", kind="add_products", state="succeeded") == 1
+
+
+def test_requests_are_counted_as_observe_counts_them_and_written_within_a_second() -> None:
+    """The web process counts requests itself and writes them to prometheus_client once a
+    second (web.metrics._Tally): the buckets, sum and count come out as Histogram.observe
+    would have made them, bucket edges included, without a scrape asking."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from web import metrics as web_metrics
+
+    durations = [0.0004, 0.001, 0.0011, 0.0025, 0.3, 0.3, 9.99, 10.0, 42.0]
+    series = ("/test/tally", "GET", 200)
+    for seconds in durations:
+        web_metrics._TALLY.add(series, seconds)
+    reference = Histogram(
+        "reference_seconds",
+        "",
+        ["route", "method"],
+        buckets=web_metrics._LATENCY_BUCKETS,
+        registry=CollectorRegistry(),
+    )
+    for seconds in durations:
+        reference.labels("/test/tally", "GET").observe(seconds)
+
+    def samples(histogram: Histogram) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name.rsplit("_", 1)[-1], sample.labels.get("le", "")): sample.value
+            for family in histogram.collect()
+            for sample in family.samples
+            if sample.labels.get("route") == "/test/tally" and not sample.name.endswith("created")
+        }
+
+    latency, responses = web_metrics._http()
+    time.sleep(1.5)  # no scrape: the process's own thread writes them
+    assert samples(latency) == samples(reference)
+    counted = responses.labels("/test/tally", "GET", "200")._value.get()
+    assert counted == len(durations)
