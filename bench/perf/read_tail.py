@@ -304,20 +304,24 @@ def slow_parts(run: dict[str, Any]) -> tuple[list[dict[str, float]], list[dict[s
         earlier = rows[at] if at >= 0 else None
         return split(request, mine, earlier, rows[max(0, at - 64) : at + 65])
 
-    client = sorted(run["client"], key=lambda c: c[3] - c[1])
-    slow = client[int(0.99 * len(client)) :]
+    client = run["client"]
     sample = client[:: max(1, len(client) // 2000)]
     return (
-        [p for p in map(parts, slow) if p is not None],
+        [p for p in map(parts, slowest(run)) if p is not None],
         [p for p in map(parts, sample) if p is not None],
     )
+
+
+def slowest(run: dict[str, Any]) -> list[tuple[int, float, float, float]]:
+    """A run's slowest 1% as the client timed them (due to done)."""
+    client = sorted(run["client"], key=lambda c: c[3] - c[1])
+    return client[int(0.99 * len(client)) :]
 
 
 def episodes(run: dict[str, Any]) -> int:
     """Stalls among a run's slowest 1%: slow requests due within 20 ms of the previous one
     count once."""
-    client = sorted(run["client"], key=lambda c: c[3] - c[1])
-    dues = sorted(c[1] for c in client[int(0.99 * len(client)) :])
+    dues = sorted(c[1] for c in slowest(run))
     return sum(1 for a, b in zip([-1.0, *dues], dues, strict=False) if b - a > 0.02)
 
 
@@ -364,7 +368,7 @@ def main() -> None:
     full_gc = sum(
         run["records"].get(f"q{c[0]}", {}).get("gc_full", 0) > 0
         for run in runs
-        for c in sorted(run["client"], key=lambda c: c[3] - c[1])[int(0.99 * len(run["client"])) :]
+        for c in slowest(run)
     )
     summary = {
         "slow": len(slow),

@@ -23,11 +23,12 @@ from __future__ import annotations
 import gc
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import greenlet
 
 from cli import gunicorn_config as serve_config
 
@@ -36,14 +37,9 @@ on_starting = serve_config.on_starting
 child_exit = serve_config.child_exit
 
 
-def _current() -> object:
-    """The greenlet (under gevent) or thread running now."""
-    try:
-        import greenlet
-
-        return greenlet.getcurrent()
-    except ImportError:  # pragma: no cover - gevent brings greenlet
-        return threading.current_thread()
+# The greenlet running now (the tracer runs under gunicorn's gevent workers, and gevent brings
+# greenlet): each request's database time is kept by it.
+_current = greenlet.getcurrent
 
 
 class Tracer:
