@@ -11,6 +11,12 @@ Decided once, before TensorFlow builds anything (it fixes its devices then).
 from __future__ import annotations
 
 import logging
+
+# Before TensorFlow, which every model here comes through (this module is imported before any
+# of it): TensorFlow's libraries carry an SQLite of their own, built without FTS5, and the one
+# loaded first serves every later connection in the process, so an embedded catalogue opened
+# after the model would fail on its name-search table ("no such module: fts5").
+import sqlite3  # noqa: F401
 from contextlib import suppress
 from typing import Literal
 
