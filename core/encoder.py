@@ -152,7 +152,13 @@ class VGG16Encoder:
     def prepare(self, source: ImageSource) -> np.ndarray:
         size = self.spec.input_size
         return load_pixels(
-            source, (size, size), self.max_pixels, self.spec.resize, draft=True, grey=self.spec.grey
+            source,
+            (size, size),
+            self.max_pixels,
+            self.spec.resize,
+            draft=True,
+            grey=self.spec.grey,
+            working_side=self.spec.working_side,
         )
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:

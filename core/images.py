@@ -161,12 +161,19 @@ def load_pixels(
     resize: str = "stretch",
     draft: bool = False,
     grey: bool = False,
+    working_side: int = 0,
 ) -> np.ndarray:
     """Decode a photo and bring it to ``size`` (width, height): stretched, or with ``pad``
     centred on a white square first. A uint8 array (height, width, 3). With ``draft``, JPEGs
     decode at the smallest reduced scale that still covers ``size``; with ``grey``, each pixel
-    is its luma (ITU-R 601, Pillow's "L") in all three channels."""
+    is its luma (ITU-R 601, Pillow's "L") in all three channels. With ``working_side``, a photo
+    whose long side is longer is first brought down to it (aspect kept, Lanczos): the detail
+    every source can give, whatever the size it came in."""
     img = load_rgb(source, max_pixels, (max(size), max(size)) if draft else None)
+    if working_side and max(img.size) > working_side:
+        scale = working_side / max(img.size)
+        working = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(working, Image.Resampling.LANCZOS)
     if resize == "pad" and img.width != img.height:
         side = max(img.size)
         canvas = Image.new("RGB", (side, side), _WHITE)

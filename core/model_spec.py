@@ -53,17 +53,20 @@ class ModelSpec:
     feature_power: float = 1.0
     resize: str = "stretch"
     grey: bool = False
+    # Photos are first brought down to this long side (pixels; 0: not at all).
+    working_side: int = 0
 
     @property
     def model_id(self) -> str:
         """The string every vector is tagged with; two specs that embed differently differ."""
         power = "" if self.feature_power == 1.0 else f"^{self.feature_power:g}"
         grey = "-grey" if self.grey else ""
+        working = f"-w{self.working_side}" if self.working_side else ""
         suffix = "" if self.precision == "float32" else f":{self.precision}"
         return (
             f"vgg16:{self.weights_tag}:{'+'.join(self.layers)}:"
             f"{'+'.join(p + power for p in self.poolings)}:{self.input_size}:"
-            f"caffe-{self.resize}-draft-bilinear{grey}{suffix}"
+            f"caffe-{self.resize}-draft-bilinear{grey}{working}{suffix}"
         )
 
     @property
@@ -337,4 +340,5 @@ def resolve_spec(settings: Settings) -> ModelSpec:
         feature_power=choose_feature_power(settings, layers),
         resize=settings.resize,
         grey=choose_colour(settings, weights) == "grey",
+        working_side=round(settings.working_scale * size),
     )

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     resize: Literal["stretch", "pad"] = Field(
         default="stretch", description="Photo to square input: stretch, or pad on white."
     )
+    working_scale: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="Photos larger than this share of the model input (on their long side) are "
+        "first brought down to it, Lanczos-filtered: a canonical working resolution, so that "
+        "a studio original and a supplier's small or recompressed copy reach the network at "
+        "a similar sharpness (QUALITY.md, 'Photo sources'). 0: off. Part of the model id.",
+    )
     input_size: int | None = Field(
         default=None,
         ge=32,
@@ -69,7 +78,7 @@ class Settings(BaseSettings):
         "Fitted once, stored with the index; refitted only by `lookalike index --refit`.",
     )
     pca_whiten: float = Field(
-        default=1.0,
+        default=0.75,
         ge=0,
         description="Whitening strength: components divided by variance^(w/2); 1 is full "
         "whitening, 0 none.",

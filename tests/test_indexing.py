@@ -221,7 +221,7 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
     summary = IndexSummary.of(job)
     space = Space.parse(summary.space_id)
     raw, tag = space.embedding_model_id, space.projection_tag or ""
-    assert raw == pixel_encoder.model_id and tag.startswith("pca4-w1-p0.5-")
+    assert raw == pixel_encoder.model_id and tag.startswith("pca4-w0.75-p0.5-")
     assert {row[0] for row in db_session.execute(select(Neighbour.space_id))} == {space.id}
     assert _table(db_session) == _expected(db_session, space)
     projected = load_space_vectors(db_session, space).vectors
