@@ -53,16 +53,17 @@ def visible(
     ids), the ids left out, and ``groups`` (a lookalike group per row, ``core.partition``)
     along the rows kept. With ``groups``, products with the same photo in two lookalike groups
     are twins only within each: each group keeps its first."""
-    present = vectors.index if groups is not None else set(vectors.ids)
     hidden: list[str] = []
+    # A look-up per twin, not a set of every id: the groups are few, the rows up to millions.
     for group in photo_groups(session):
-        members = [pid for pid in group if pid in present]
+        found = [(pid, vectors.position(pid)) for pid in group]
+        members = [(pid, at) for pid, at in found if at is not None]
         if groups is None:
-            hidden.extend(members[1:])
+            hidden.extend(pid for pid, _ in members[1:])
             continue
         seen: set[int] = set()
-        for pid in members:
-            number = int(groups[vectors.index[pid]])
+        for pid, at in members:
+            number = int(groups[at])
             if number in seen:
                 hidden.append(pid)
             seen.add(number)
