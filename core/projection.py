@@ -3,8 +3,9 @@ a photo's source moves its vector removed (``core.nuisance``), PCA whitening wit
 reduction, then signed power normalisation and L2.
 
 A fitted projection is stored with the index and is part of the model id of every list built
-with it. It is re-fitted only by an explicit rebuild, so incremental adds project newcomers with
-the very same parameters and stay exact.
+with it. It is re-fitted only by a rebuild (``lookalike index --refit``, or the one an add queues
+once the catalogue has grown well past what it was fitted on: ``core.refits``), so incremental
+adds in between project newcomers with the very same parameters and stay exact.
 """
 
 from __future__ import annotations

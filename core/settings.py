@@ -75,13 +75,23 @@ class Settings(BaseSettings):
         default=64,
         ge=0,
         description="PCA-whitening dimensions learned from the catalogue's own vectors (0: off). "
-        "Fitted once, stored with the index; refitted only by `lookalike index --refit`.",
+        "Fitted once, stored with the index; refitted by `lookalike index --refit` and when "
+        "adds have grown the catalogue (refit_growth).",
     )
     pca_whiten: float = Field(
         default=0.75,
         ge=0,
         description="Whitening strength: components divided by variance^(w/2); 1 is full "
         "whitening, 0 none.",
+    )
+    refit_growth: float = Field(
+        default=1.5,
+        ge=0,
+        description="When adds have grown the catalogue to this many times the vectors its "
+        "projection was fitted on, the add that got there queues an index job of the stored "
+        "catalogue that fits the projection again and rebuilds every list in the new space "
+        "(adds stay exact in between; QUALITY.md, 'Photo sources'). 0: never, only "
+        "`lookalike index --refit`.",
     )
     pca_power: float = Field(
         default=1.0, gt=0, description="Signed power applied after whitening (0.5: square root)."
@@ -195,6 +205,15 @@ class Settings(BaseSettings):
         le=60,
         description="Longest a kept response outlives the write that changed it, in seconds.",
     )
+
+    @field_validator("refit_growth")
+    @classmethod
+    def _growth(cls, value: float) -> float:
+        if 0 < value <= 1:
+            raise ValueError(
+                "a growth must be more than 1 (half as large again: 1.5), or 0 for never"
+            )
+        return value
 
     @field_validator("partition")
     @classmethod

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import projected
 from core.errors import NotIndexed
-from core.models import ProjectionRecord
+from core.models import Embedding, ProjectionRecord
 from core.nuisance import sample_ids
 from core.projection import Projection, fit_projection
 from core.settings import Settings
@@ -118,6 +118,33 @@ def resolve_space(
     projection = fit_projection(chunks, wanted.dims, wanted.power, wanted.whiten, nuisance=nuisance)
     _store_projection(session, embedding_model_id, wanted, projection, len(ids))
     return Space(embedding_model_id, projection.tag)
+
+
+def refit_due(session: Session, space: Space, growth: float) -> str | None:
+    """Why the projection of ``space`` should be fitted again, or None: the vectors embedded
+    since it was fitted bring the catalogue to ``growth`` times the vectors it was fitted on
+    (0: never). Counted through the embeddings' (model, created) index: the rows since the
+    fit, not the catalogue."""
+    if growth <= 0 or space.projection_tag is None:
+        return None
+    record = session.get(ProjectionRecord, space.projection_tag)
+    if record is None:
+        return None
+    since = session.scalar(
+        select(func.count())
+        .select_from(Embedding)
+        .where(
+            Embedding.model_id == space.embedding_model_id,
+            Embedding.created_at > record.created_at,
+        )
+    )
+    grown = record.fitted_on + int(since or 0)
+    if grown < growth * record.fitted_on:
+        return None
+    return (
+        f"the catalogue has grown from {record.fitted_on} to {grown} vectors since its "
+        f"projection {record.tag} was fitted"
+    )
 
 
 def _stored_tag(

@@ -12,8 +12,10 @@ Three measurements, each through the project's own encoder, projection and exact
   product's ten neighbours that are low-resolution (0.5: no bias), the same for full-resolution
   products, and micro / macro P@10 on articleType beside the uniform catalogue's.
 - *incremental*: the same catalogue, the full-resolution half indexed first (its projection
-  fitted on it, as an index job does) and the 60x80 half added afterwards with that projection
-  frozen, as ``POST /api/products`` adds them.
+  fitted on it, as an index job does) and the 60x80 half added afterwards, 100 a request, as
+  ``POST /api/products`` adds them: with the projection frozen between refits, and fitted
+  again after the add that grows the catalogue to ``LOOKALIKE_REFIT_GROWTH`` times its fitted
+  size (``core.refits``; ``LOOKALIKE_REFIT_GROWTH=0``: frozen throughout).
 
 Pooled vectors are cached per model id under ``--cache``, so reruns only score.
 
@@ -283,6 +285,25 @@ def _score_lists(
     )
 
 
+ADD_BATCH = 100  # photos per add request, as --through-jobs sends them
+
+
+def fitted_after_adds(
+    settings: Settings, pooled: np.ndarray, degraded: np.ndarray, indexed: np.ndarray
+) -> Projection | None:
+    """The projection the catalogue ends with when the rows ``indexed`` were indexed first and
+    the others (in row order) came in ``ADD_BATCH`` at a time through add jobs: fitted on the
+    indexed rows, and again on the whole catalogue of the moment after the add that brings it
+    to ``LOOKALIKE_REFIT_GROWTH`` times the rows of the last fit (``core.refits``)."""
+    added = np.setdiff1d(np.arange(len(pooled)), indexed)
+    rows = indexed
+    for start in range(0, len(added), ADD_BATCH):
+        present = np.union1d(indexed, added[: start + ADD_BATCH])
+        if settings.refit_growth and len(present) >= settings.refit_growth * len(rows):
+            rows = present
+    return fit(settings, pooled[rows], degraded[rows])
+
+
 def small_half(count: int, seed: int = SEED) -> np.ndarray:
     """The rows whose photos are replaced by small ones: a random half, sorted."""
     return np.sort(np.random.default_rng(seed).permutation(count)[: count // 2])
@@ -316,7 +337,7 @@ def mixed_rows(
         score(
             f"mixed ({small_kind}), small half added to an indexed catalogue",
             photos,
-            project(fit(settings, mixed[full], mixed_degraded[full]), mixed),
+            project(fitted_after_adds(settings, mixed, mixed_degraded, full), mixed),
             low,
         ),
     )
@@ -352,7 +373,7 @@ def catalogue_rows(
         score(
             "uniform, second half added to an indexed catalogue",
             photos,
-            project(fit(settings, originals[full], degraded[full]), originals),
+            project(fitted_after_adds(settings, originals, degraded, full), originals),
             None,
         ),
     ]
@@ -372,6 +393,9 @@ class HalvesRow:
     full_share_full: tuple[float, float, float]
     micro_gap: tuple[float, float, float]
     macro_gap: tuple[float, float, float]
+    # The added rows against the uniform catalogue built the same way (its second half added,
+    # same draw): what the photo sources cost, apart from the fit on part of the catalogue.
+    macro_gap_alike: tuple[float, float, float] | None = None
 
 
 def halves_rows(
@@ -386,6 +410,26 @@ def halves_rows(
     moves by several thousandths with the draw of the small half: the mixed rows over
     ``halves`` draws (seeds 0, 1, ...), seed 0 being the rows above."""
     drawn = [mixed_rows(settings, embedder, photos, small_kind, seed) for seed in range(halves)]
+    originals = embedder.vectors(photos, None)
+    degraded = embedder.vectors(photos, None, degraded=True)
+    count = len(photos.ids)
+    alike = [
+        score(
+            "uniform, added alike",
+            photos,
+            project(
+                fitted_after_adds(
+                    settings,
+                    originals,
+                    degraded,
+                    np.setdiff1d(np.arange(count), small_half(count, seed)),
+                ),
+                originals,
+            ),
+            None,
+        ).macro
+        for seed in range(halves)
+    ]
 
     def spread(values: list[float]) -> tuple[float, float, float]:
         return float(np.mean(values)), float(np.min(values)), float(np.max(values))
@@ -401,6 +445,9 @@ def halves_rows(
                 spread([row.full_share_full or 0.0 for row in rows]),
                 spread([row.micro - uniform.micro for row in rows]),
                 spread([row.macro - uniform.macro for row in rows]),
+                spread([row.macro - ref for row, ref in zip(rows, alike, strict=True)])
+                if at == 1
+                else None,
             )
         )
     return out
@@ -438,8 +485,8 @@ def markdown(result: dict[str, Any], label: str) -> str:
         lines += [
             "",
             "| catalogue, over random halves | halves | low: share low | full: share full "
-            "| micro P@10 - uniform | macro P@10 - uniform |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| micro P@10 - uniform | macro P@10 - uniform | macro - uniform added alike |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
 
         def spread(value: list[float], signed: bool = False) -> str:
@@ -450,7 +497,8 @@ def markdown(result: dict[str, Any], label: str) -> str:
             lines.append(
                 f"| {row['catalogue']} | {row['halves']} | {spread(row['low_share_low'])} "
                 f"| {spread(row['full_share_full'])} | {spread(row['micro_gap'], True)} "
-                f"| {spread(row['macro_gap'], True)} |"
+                f"| {spread(row['macro_gap'], True)} "
+                f"| {spread(row['macro_gap_alike'], True) if row['macro_gap_alike'] else ''} |"
             )
     return "\n".join(lines)
 
@@ -490,8 +538,8 @@ def through_jobs(
             for item, small in zip(photos.items, is_low, strict=True)
             if small
         ]
-        for start in range(0, len(uploads), 100):
-            submit_add_products(context, session, uploads[start : start + 100])
+        for start in range(0, len(uploads), ADD_BATCH):
+            submit_add_products(context, session, uploads[start : start + ADD_BATCH])
             for _ in queue.run(context, session):
                 pass
         lists, spaces = stored_lists(session)
