@@ -313,6 +313,19 @@ class ChangeCounter(Base):
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class VectorCount(Base):
+    """How many vectors (rows of ``embeddings``) each model has, kept by triggers in the same
+    transaction as the inserts and deletes (migration 0015), so that a process cache checks it
+    holds every row by reading one row rather than counting them (core.space_cache). A writer
+    holds its model's row from its insert to its commit: embedding steps commit each batch as
+    soon as it is stored, and already update their job's row in that transaction too."""
+
+    __tablename__ = "vector_counts"
+
+    model_id: Mapped[str] = mapped_column(String(MODEL_ID_LENGTH), primary_key=True)
+    vectors: Mapped[int] = mapped_column(BigInteger)
+
+
 class VectorChange(Base):
     """The product a move of the ``vectors`` counter was about (None: a truncate, everything),
     one row per move, logged by the same triggers (migration 0014); the last 100,000 kept. A

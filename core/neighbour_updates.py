@@ -248,14 +248,25 @@ def _may_enter(
 
 def _best_score(x: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
     """Each ``old`` row's best float32 score against the ``new`` rows."""
-    best = np.full(len(old), -np.inf, dtype=np.float32)
     candidates = x[new]
-    rows, cols = _ENTER_TILE
-    for r0 in range(0, len(old), rows):
-        block = x[old[r0 : r0 + rows]]
-        for c0 in range(0, len(new), cols):
-            tile = block @ candidates[c0 : c0 + cols].T
-            np.maximum(best[r0 : r0 + rows], tile.max(axis=1), out=best[r0 : r0 + rows])
+    if 2 * len(old) >= len(x):
+        # Most rows (an add): every row scored in place, then the old ones taken, rather than
+        # gathering them first (a copy of the whole array at a million rows).
+        return np.asarray(_tiled_best(x, candidates)[old])
+    height = _ENTER_TILE[0]
+    parts = [_tiled_best(x[old[r0 : r0 + height]], candidates) for r0 in range(0, len(old), height)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def _tiled_best(rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Each of ``rows``' best float32 score against ``candidates``, a tile at a time."""
+    best = np.full(len(rows), -np.inf, dtype=np.float32)
+    height, width = _ENTER_TILE
+    for r0 in range(0, len(rows), height):
+        block = rows[r0 : r0 + height]
+        for c0 in range(0, len(candidates), width):
+            tile = block @ candidates[c0 : c0 + width].T
+            np.maximum(best[r0 : r0 + height], tile.max(axis=1), out=best[r0 : r0 + height])
     return best
 
 

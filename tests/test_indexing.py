@@ -230,7 +230,7 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
     # Adds keep the same projection, and stay exact with respect to it.
     sync_products(db_session, later)
     embed_all_pending(db_session, pixel_encoder)
-    wanted = ProjectionSettings(dims=4, power=0.5)
+    wanted = ProjectionSettings(dims=4, power=0.5, whiten=0.75)
     assert resolve_space(db_session, pixel_encoder.model_id, wanted) == space
     update_lists(db_session, space, SQL, K, 4)
     assert _table(db_session) == _expected(db_session, space)
@@ -454,3 +454,48 @@ def test_vector_set_grows_in_id_order() -> None:
     assert grown.position("c") == 2 and grown.position("z") is None
     assert grown.positions(["e", "a"]).tolist() == [4, 0]
     assert grown.positions_found(["z", "d"]).tolist() == [3]
+
+
+def test_vector_counts_follow_inserts_updates_and_deletes(db_session: Session) -> None:
+    """The counts the triggers keep (what a worker's cache checks its rows against) equal a
+    GROUP BY of the embeddings, after bulk and single inserts, an upsert, a vector rewritten,
+    a product deleted (its vectors by cascade), a vector deleted, and a truncate."""
+    from sqlalchemy import delete, func, insert, text, update
+
+    from core.db import upsert
+    from core.models import Embedding, Product, VectorCount
+
+    def counts() -> dict[str, int]:
+        kept = dict(db_session.execute(select(VectorCount.model_id, VectorCount.vectors)).all())  # type: ignore[arg-type]
+        truth = select(Embedding.model_id, func.count()).group_by(Embedding.model_id)
+        assert {m: n for m, n in kept.items() if n} == dict(db_session.execute(truth).all())  # type: ignore[arg-type]
+        return {m: n for m, n in kept.items() if n}
+
+    products = [
+        {"id": f"v{n}", "meta": {}, "image_path": f"/x/{n}.png", "content_hash": f"h{n}"}
+        for n in range(6)
+    ]
+    db_session.execute(insert(Product), products)
+
+    def row(n: int, model: str) -> dict[str, object]:
+        return {
+            "product_id": f"v{n}",
+            "model_id": model,
+            "content_hash": f"h{n}",
+            "dim": 2,
+            "vector": b"\0" * 8,
+        }
+
+    db_session.execute(insert(Embedding), [row(n, "a") for n in range(5)] + [row(0, "b")])
+    assert counts() == {"a": 5, "b": 1}
+    db_session.add(Embedding(**row(5, "a")))  # type: ignore[arg-type]
+    db_session.flush()
+    upsert(db_session, Embedding.__table__, [row(1, "b"), row(2, "a")], ["product_id", "model_id"])
+    assert counts() == {"a": 6, "b": 2}
+    db_session.execute(update(Embedding).where(Embedding.product_id == "v3").values(dim=3))
+    db_session.execute(delete(Product).where(Product.id == "v0"))
+    db_session.execute(delete(Embedding).where(Embedding.product_id == "v1"))
+    assert counts() == {"a": 4}
+    if db_session.get_bind().dialect.name == "postgresql":
+        db_session.execute(text("TRUNCATE embeddings"))
+        assert counts() == {}
