@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import projected
 from core.errors import NotIndexed
-from core.models import Embedding, ProjectionRecord
+from core.models import ProjectionRecord, VectorCount
 from core.nuisance import sample_ids
 from core.projection import Projection, fit_projection
 from core.settings import Settings
@@ -121,28 +121,21 @@ def resolve_space(
 
 
 def refit_due(session: Session, space: Space, growth: float) -> str | None:
-    """Why the projection of ``space`` should be fitted again, or None: the vectors embedded
-    since it was fitted bring the catalogue to ``growth`` times the vectors it was fitted on
-    (0: never). Counted through the embeddings' (model, created) index: the rows since the
-    fit, not the catalogue."""
+    """Why the projection of ``space`` should be fitted again, or None: the catalogue holds
+    ``growth`` times the vectors it was fitted on (0: never). One row read (``VectorCount``,
+    kept by triggers), whatever the catalogue's size."""
     if growth <= 0 or space.projection_tag is None:
         return None
     record = session.get(ProjectionRecord, space.projection_tag)
     if record is None:
         return None
-    since = session.scalar(
-        select(func.count())
-        .select_from(Embedding)
-        .where(
-            Embedding.model_id == space.embedding_model_id,
-            Embedding.created_at > record.created_at,
-        )
+    now = session.scalar(
+        select(VectorCount.vectors).where(VectorCount.model_id == space.embedding_model_id)
     )
-    grown = record.fitted_on + int(since or 0)
-    if grown < growth * record.fitted_on:
+    if now is None or now < growth * record.fitted_on:
         return None
     return (
-        f"the catalogue has grown from {record.fitted_on} to {grown} vectors since its "
+        f"the catalogue has grown from {record.fitted_on} to {now} vectors since its "
         f"projection {record.tag} was fitted"
     )
 

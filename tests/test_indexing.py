@@ -499,3 +499,19 @@ def test_vector_counts_follow_inserts_updates_and_deletes(db_session: Session) -
     if db_session.get_bind().dialect.name == "postgresql":
         db_session.execute(text("TRUNCATE embeddings"))
         assert counts() == {}
+
+
+def test_the_entry_check_scores_each_old_row_against_every_newcomer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``_best_score``, in place over every row (an add: most rows old) and gathered (few),
+    across tile edges, equals each old row's best product with a newcomer."""
+    import core.neighbour_updates as updates
+
+    monkeypatch.setattr(updates, "_ENTER_TILE", (97, 2))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1000, 8)).astype(np.float32)
+    new = np.array([5, 17, 400, 999])
+    for old in (np.setdiff1d(np.arange(1000), new), np.arange(0, 1000, 7)):
+        expected = (x[old] @ x[new].T).max(axis=1)
+        np.testing.assert_allclose(updates._best_score(x, old, new), expected, rtol=1e-5)
