@@ -26,7 +26,7 @@ from core.context import Context
 from core.jobs import JobKind, JobState, JobStep, StepCall, create_job, start_job
 from core.models import Job
 from core.neighbour_table import lock_neighbour_table
-from core.spaces import Space, refit_due
+from core.spaces import ProjectionSettings, Space, refit_due, resolve_space
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,18 @@ def queue_refit_when_grown(context: Context, session: Session, space: Space) -> 
     projection was fitted, and no index job is unfinished (which would fit or build itself),
     record an index job with a refit and return it; the caller commits, then sends its
     finalise step (:func:`refit_call`). One add at a time decides, under the table's lock."""
-    reason = refit_due(session, space, context.settings.refit_growth)
-    if reason is None:
+    growth = context.settings.refit_growth
+    if refit_due(session, space, growth) is None:
         return None
     lock_neighbour_table(session)
+    # Again under the lock, with the newest projection: a refit may have ended since this add
+    # resolved its space.
+    newest = resolve_space(
+        session, space.embedding_model_id, ProjectionSettings.of(context.settings), fit=False
+    )
+    reason = refit_due(session, newest, growth)
+    if reason is None:
+        return None
     unfinished = session.scalar(
         select(Job.id)
         .where(

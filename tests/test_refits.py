@@ -17,6 +17,7 @@ from core.encoder import PixelEncoder
 from core.index_summary import IndexSummary
 from core.jobs import JobKind
 from core.models import Job, Neighbour, ProjectionRecord
+from core.refits import queue_refit_when_grown
 from core.spaces import Space, load_space_vectors
 from core.submissions import submit_add_products
 from core.uploads import Upload
@@ -76,6 +77,9 @@ def test_adds_that_grow_the_catalogue_by_half_refit_its_projection(
     assert IndexSummary.of(refit).space_id == space.id
     assert set(db_session.scalars(select(Neighbour.space_id))) == {space.id}
     assert _table(db_session) == table_of(load_space_vectors(db_session, space), k=K)
+
+    # An add that resolved its space before the refit ended decides on the newest projection.
+    assert queue_refit_when_grown(context, db_session, first) is None
 
     _add(context, db_session, [8])  # 20 against the new fit's 19: nothing more
     assert len(_index_jobs(db_session)) == 2
