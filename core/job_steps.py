@@ -42,7 +42,7 @@ from core.neighbour_updates import delete_products, update_lists
 from core.neighbours import NO_NEIGHBOUR, search
 from core.pipeline import ImageFailure
 from core.products import embed_pending, pending_products
-from core.refits import queue_refit_when_grown, refit_call
+from core.refits import refit_when_grown
 from core.spaces import (
     ProjectionSettings,
     Space,
@@ -304,10 +304,7 @@ def add_products(context: Context, session: Session, job_id: str) -> Commits:
     )
     yield  # the products taken back and the job's end are committed before files go
     remove_unreferenced(session, s.media_dir, job_photos(job.params))
-    refit = queue_refit_when_grown(context, session, space)
-    if refit is not None:
-        yield
-        context.queue.send(refit_call(refit))
+    yield from refit_when_grown(context, session, space)
 
 
 def delete_job_products(context: Context, session: Session, job_id: str) -> Commits:

@@ -18,6 +18,7 @@ before it has doubled, whatever the size of each add.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,7 +38,7 @@ def queue_refit_when_grown(context: Context, session: Session, space: Space) -> 
     """After an add in ``space`` has committed: when the catalogue has grown enough since its
     projection was fitted, and no index job is unfinished (which would fit or build itself),
     record an index job with a refit and return it; the caller commits, then sends its
-    finalise step (:func:`refit_call`). One add at a time decides, under the table's lock."""
+    finalise step (:func:`refit_when_grown`). One add at a time decides, under the table's lock."""
     growth = context.settings.refit_growth
     if refit_due(session, space, growth) is None:
         return None
@@ -54,9 +55,7 @@ def queue_refit_when_grown(context: Context, session: Session, space: Space) -> 
         select(Job.id)
         .where(
             Job.kind == JobKind.INDEX.value,
-            Job.state.in_(
-                [JobState.QUEUED.value, JobState.RUNNING.value, JobState.FINALISING.value]
-            ),
+            Job.state.in_([state.value for state in JobState if not state.finished]),
         )
         .limit(1)
     )
@@ -68,5 +67,10 @@ def queue_refit_when_grown(context: Context, session: Session, space: Space) -> 
     return job
 
 
-def refit_call(job: Job) -> StepCall:
-    return StepCall(JobStep.FINALISE_INDEX, (job.id,))
+def refit_when_grown(context: Context, session: Session, space: Space) -> Iterator[None]:
+    """The end of an add job's step: queue the refit when it is due (yields to commit the job
+    before its finalise step is sent)."""
+    job = queue_refit_when_grown(context, session, space)
+    if job is not None:
+        yield
+        context.queue.send(StepCall(JobStep.FINALISE_INDEX, (job.id,)))
