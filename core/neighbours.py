@@ -111,6 +111,9 @@ _MARGIN = CANDIDATES_OVER
 # d = 512), with room to spare.
 _EPS = 2e-4
 _FINISH_ROWS = 512
+# The exact fallback: rows at a time, and candidates per tile (64 x 65,536 float64 = 32 MB).
+_REDO_ROWS = 64
+_REDO_TILE = 65_536
 
 
 def _search(
@@ -241,27 +244,41 @@ def _exact_rows(
     result: Neighbours,
     external: bool,
 ) -> None:
-    """Full float64 scoring of a few rows against every candidate."""
+    """Full float64 scoring of a few rows against every candidate, a tile of candidates at a
+    time: memory is O(rows x tile), not a float64 copy of every candidate (512 MB at 1M x 64)."""
     width = min(result.positions.shape[1], len(cand_pos))
-    c64 = np.asarray(vectors[cand_pos], dtype=np.float64)
-    for r0 in range(0, len(redo), 256):
-        chunk = redo[r0 : r0 + 256]
+    for r0 in range(0, len(redo), _REDO_ROWS):
+        chunk = redo[r0 : r0 + _REDO_ROWS]
         own = chunk if external else query_pos[chunk]
-        scores = (np.asarray(query_vectors[own], dtype=np.float64) @ c64.T).astype(np.float32)
-        if not external:
-            _exclude_self(scores, query_pos[chunk], cand_pos)
-        # Only what scores at least a row's width-th best can be in its list (ties included).
-        bar = -np.partition(-scores, width - 1, axis=1)[:, width - 1]
-        line, col = np.nonzero(scores >= bar[:, None])
-        picked = scores[line, col]
-        order = np.lexsort((col, -picked.astype(np.float64), line))
-        line, col, picked = line[order], col[order], picked[order]
-        rank = np.arange(len(line)) - np.searchsorted(line, line)
-        chosen = rank < width
-        line, col, picked, rank = line[chosen], col[chosen], picked[chosen], rank[chosen]
-        row = chunk[line]
-        result.positions[row, rank] = np.where(np.isneginf(picked), NO_NEIGHBOUR, cand_pos[col])
-        result.scores[row, rank] = picked
+        q64 = np.asarray(query_vectors[own], dtype=np.float64)
+        best = empty_lists(len(chunk), width)
+        for c0 in range(0, len(cand_pos), _REDO_TILE):
+            cols = cand_pos[c0 : c0 + _REDO_TILE]
+            scores = (q64 @ np.asarray(vectors[cols], dtype=np.float64).T).astype(np.float32)
+            if not external:
+                _exclude_self(scores, query_pos[chunk], cols)
+            best = merge(best, _tile_best(scores, cols, width), width)
+        result.positions[chunk, :width] = best.positions
+        result.scores[chunk, :width] = best.scores
+
+
+def _tile_best(scores: np.ndarray, cols: np.ndarray, width: int) -> Neighbours:
+    """Each row's best ``width`` of one tile by (score desc, position asc); ``cols`` are the
+    tile's positions, ascending."""
+    found = empty_lists(len(scores), width)
+    take = min(width, scores.shape[1])
+    # Only what scores at least a row's take-th best can be in its list (ties included).
+    bar = -np.partition(-scores, take - 1, axis=1)[:, take - 1]
+    line, col = np.nonzero(scores >= bar[:, None])
+    picked = scores[line, col]
+    order = np.lexsort((col, -picked.astype(np.float64), line))
+    line, col, picked = line[order], col[order], picked[order]
+    rank = np.arange(len(line)) - np.searchsorted(line, line)
+    chosen = rank < take
+    line, col, picked, rank = line[chosen], col[chosen], picked[chosen], rank[chosen]
+    found.positions[line, rank] = np.where(np.isneginf(picked), NO_NEIGHBOUR, cols[col])
+    found.scores[line, rank] = picked
+    return found
 
 
 def add_to_lists(

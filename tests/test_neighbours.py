@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
+from core import neighbours
 from core.encoder import l2_normalise
 from core.neighbours import NO_NEIGHBOUR, add_to_lists, search, top_k
 
@@ -96,3 +97,30 @@ def test_near_duplicates_beyond_float32_resolution_are_exact(block: int) -> None
     np.testing.assert_array_equal(found.scores, scores)
     part = top_k(vectors, 10, block_size=block, queries=np.arange(0, 240, 5))
     np.testing.assert_array_equal(part.positions, positions[::5])
+
+
+@pytest.mark.parametrize(("rows", "tile"), [(5, 7), (64, 100), (3, 1)])
+def test_exact_fallback_across_candidate_tiles(
+    monkeypatch: pytest.MonkeyPatch, rows: int, tile: int
+) -> None:
+    # The fallback scores a few rows against the candidates a tile at a time (bounded memory);
+    # lists are the same whatever the tile edges, ties included.
+    monkeypatch.setattr(neighbours, "_REDO_ROWS", rows)
+    monkeypatch.setattr(neighbours, "_REDO_TILE", tile)
+    redone: list[int] = []
+    exact_rows = neighbours._exact_rows
+
+    def counted(*args: object, **kwargs: object) -> None:
+        redone.append(len(args[4]))  # type: ignore[arg-type]
+        exact_rows(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(neighbours, "_exact_rows", counted)
+    rng = np.random.default_rng(11)
+    centres = np.repeat(rng.normal(size=(15, 32)), 9, axis=0)
+    vectors = l2_normalise(centres + rng.normal(scale=1e-7, size=centres.shape))
+    vectors = np.concatenate([vectors, vectors[:4]])  # exact copies: ties at equal scores
+    found = top_k(vectors, 10, block_size=32)
+    assert sum(redone) > 0
+    positions, scores = _reference(vectors, 10)
+    np.testing.assert_array_equal(found.positions, positions)
+    np.testing.assert_array_equal(found.scores, scores)
