@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from core import partition, twins
+from core import newcomers, partition, twins
 from core.approximate import EXACT, BuildSearch
 from core.db import in_chunks
 from core.list_ends import ListEnds
@@ -30,7 +30,15 @@ from core.neighbour_table import (
     read_lists,
     write_lists,
 )
-from core.neighbours import NO_NEIGHBOUR, Neighbours, add_to_lists, changed_rows, top_k
+from core.neighbours import (
+    NO_NEIGHBOUR,
+    Neighbours,
+    add_to_lists,
+    changed_rows,
+    empty_lists,
+    top_k,
+)
+from core.newcomers import NewcomerScan
 from core.space_reader import SpaceReader
 from core.spaces import Space
 from core.vectors import VectorSet
@@ -112,6 +120,7 @@ class _Plan:
     recompute: np.ndarray
     touched: np.ndarray
     gone: list[str]  # lists to remove: their product has no vector here, or a changed one
+    scanned: NewcomerScan | None  # a few newcomers: their one pass over every row
 
 
 def update_lists(
@@ -141,7 +150,7 @@ def update_lists(
     repair = (lists_mentioning(session, stale | set(hidden)) | set(repair_ids)) - stale
     stored_ends = reader.list_ends(session, space, k, before)
     ends = stored_ends.along(vectors)
-    plan = _plan(vectors, ends, stale, repair, groups)
+    plan = _plan(vectors, ends, stale, repair, groups, k)
     delete_lists(session, plan.gone)
 
     ids = vectors.ids
@@ -153,7 +162,7 @@ def update_lists(
     rows = changed_rows(current, updated)
     redo = np.flatnonzero(plan.recompute)
     redo_ids = [ids[pos] for pos in redo]
-    fresh = top_k(vectors.vectors, k, block_size, queries=redo, groups=groups)
+    fresh = _fresh_lists(vectors.vectors, redo, plan, k, block_size, groups)
     stored, untidy_redo = read_lists(session, vectors, redo_ids, space, k)
 
     written_ids = [touched_ids[row] for row in rows] + redo_ids
@@ -184,6 +193,7 @@ def _plan(
     stale: set[str],
     repair: set[str],
     groups: np.ndarray | None,
+    k: int,
 ) -> _Plan:
     ids = vectors.ids
     stale_here = vectors.positions_found(stale)
@@ -194,8 +204,36 @@ def _plan(
     recompute[vectors.positions_found(repair)] = True
     new = np.flatnonzero(is_new)
     old = np.flatnonzero(~recompute)
-    touched = old[_may_enter(vectors.vectors, old, new, ends.floors[old], groups)]
-    return _Plan(new, recompute, touched, sorted(gone))
+    scanned = None
+    if 0 < len(new) <= newcomers.SCAN_MAX:
+        # An add: the entry check and the newcomers' own search in one pass over every row.
+        scanned = newcomers.scan(vectors.vectors, new, k, groups)
+        touched = old[scanned.best[old] >= ends.floors[old] - _ENTER_SLACK]
+    else:
+        touched = old[_may_enter(vectors.vectors, old, new, ends.floors[old], groups)]
+    return _Plan(new, recompute, touched, sorted(gone), scanned)
+
+
+def _fresh_lists(
+    x: np.ndarray,
+    redo: np.ndarray,
+    plan: _Plan,
+    k: int,
+    block_size: int,
+    groups: np.ndarray | None,
+) -> Neighbours:
+    """The lists of the ``redo`` rows computed whole: the newcomers' from their scan, when
+    there is one, the others' by ``top_k``."""
+    if plan.scanned is None:
+        return top_k(x, k, block_size, queries=redo, groups=groups)
+    fresh = empty_lists(len(redo), k)
+    scanned = np.isin(redo, plan.new)  # the newcomers, in the same (ascending) order
+    lists = newcomers.newcomer_lists(x, plan.scanned, k, groups)
+    fresh.positions[scanned], fresh.scores[scanned] = lists.positions, lists.scores
+    if not scanned.all():
+        rest = top_k(x, k, block_size, queries=redo[~scanned], groups=groups)
+        fresh.positions[~scanned], fresh.scores[~scanned] = rest.positions, rest.scores
+    return fresh
 
 
 def _stack(first: Neighbours, second: Neighbours) -> Neighbours:

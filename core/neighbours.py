@@ -106,7 +106,7 @@ def search(vectors: np.ndarray, queries: np.ndarray, k: int, block_size: int = 2
 
 # Candidates are found with float32 products (fast), then rescored in float64. A true top-k
 # neighbour can only be missed by float32 if more than _MARGIN others score within float32's
-# error of it; rows where that is possible are recomputed exactly (see _finish).
+# error of it; rows where that is possible are recomputed exactly (see rescore).
 _MARGIN = CANDIDATES_OVER
 # Bound on the float32 error of a dot product of two unit vectors (d * 2**-24 is 3e-5 for
 # d = 512), with room to spare.
@@ -137,7 +137,7 @@ def _search(
     running = _float32_candidates(
         query_vectors, query_pos, vectors, cand_pos, k + _MARGIN, block_size, index
     )
-    return _finish(query_vectors, query_pos, vectors, cand_pos, running, k, settle=index is None)
+    return rescore(query_vectors, query_pos, vectors, cand_pos, running, k, settle=index is None)
 
 
 def _float32_candidates(
@@ -153,7 +153,7 @@ def _float32_candidates(
 
     Faiss's exact k-NN is a scan of the candidates in place (BLAS products, a heap per query,
     OpenMP threads; no index, so no copy of a million vectors for one newcomer); the order it
-    gives tied scores does not matter, as _finish re-sorts by exact score. An ``ivf`` index
+    gives tied scores does not matter, as rescore re-sorts by exact score. An ``ivf`` index
     scans only the rows of the lists nearest each query.
     """
     x32 = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -196,7 +196,7 @@ def _exclude_self(tile: np.ndarray, own: np.ndarray, cols: np.ndarray) -> None:
     tile[hit, at[hit]] = -np.inf
 
 
-def _finish(
+def rescore(
     query_vectors: np.ndarray,
     query_pos: np.ndarray,
     vectors: np.ndarray,

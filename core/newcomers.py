@@ -1,0 +1,106 @@
+"""An add's one pass over the catalogue's vectors.
+
+Adding a few products to N needs two things of the same N x m float32 products: for every old
+list, whether some newcomer comes near its last entry (``core.neighbour_updates``' entry
+check), and for each newcomer its own best candidates among all N. :func:`scan` computes those
+products once, a tile of rows at a time, and keeps both; at a million rows that is one read of
+the 256 MB array instead of two (faiss's search for the newcomers, then the check).
+
+:func:`newcomer_lists` then rescores the candidates exactly, as ``core.neighbours.top_k`` does
+its own (``core.neighbours.rescore``), so the lists are the very ones ``top_k`` gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.approximate import CANDIDATES_OVER
+from core.neighbours import Neighbours, empty_lists, merge, rescore
+
+# Newcomers one scan serves: beyond this, faiss's blocked search is the better tool.
+SCAN_MAX = 256
+_TILE_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class NewcomerScan:
+    """What one pass found: ``best[row]`` is the row's best float32 score against a newcomer
+    of its group (-inf: none; a newcomer's own score is left out), and ``candidates`` each
+    newcomer's best float32 candidates, best first, never itself."""
+
+    new: np.ndarray
+    best: np.ndarray
+    candidates: Neighbours
+
+
+def scan(
+    vectors: np.ndarray, new: np.ndarray, k: int, groups: np.ndarray | None = None
+) -> NewcomerScan:
+    """Score the ``new`` rows against every row of ``vectors`` (of their own group, with
+    ``groups``), once."""
+    x = np.asarray(vectors, dtype=np.float32)
+    new = np.asarray(new, dtype=np.int64)
+    queries = np.ascontiguousarray(x[new])
+    new_groups = None if groups is None else groups[new]
+    best = np.full(len(x), -np.inf, dtype=np.float32)
+    found = empty_lists(len(new), k + CANDIDATES_OVER)  # as many as top_k keeps
+    for r0 in range(0, len(x), _TILE_ROWS):
+        r1 = min(r0 + _TILE_ROWS, len(x))
+        tile = x[r0:r1] @ queries.T
+        if groups is not None and new_groups is not None:
+            tile[groups[r0:r1, None] != new_groups[None, :]] = -np.inf
+        inside = np.flatnonzero((new >= r0) & (new < r1))
+        tile[new[inside] - r0, inside] = -np.inf  # never its own neighbour
+        if len(new):
+            np.max(tile, axis=1, out=best[r0:r1])
+        found = _keep_best(found, tile, r0)
+    return NewcomerScan(new, best, found)
+
+
+def _keep_best(found: Neighbours, tile: np.ndarray, r0: int) -> Neighbours:
+    """``found`` with the tile's rows (positions from ``r0``) that reach a newcomer's kept
+    candidates, by (score desc, position asc)."""
+    keep = found.positions.shape[1]
+    bar = found.scores[:, -1].copy()
+    short = np.flatnonzero(np.isneginf(bar))
+    if len(short) and len(tile) >= keep:
+        # A list not full yet: the tile's own keep-th best is a bar no lower.
+        bar[short] = np.partition(tile[:, short], len(tile) - keep, axis=0)[len(tile) - keep]
+    line, col = np.nonzero((tile >= bar[None, :]) & (tile > -np.inf))
+    if not len(line):
+        return found
+    picked = tile[line, col]
+    order = np.lexsort((line, -picked.astype(np.float64), col))
+    line, col, picked = line[order], col[order], picked[order]
+    rank = np.arange(len(col)) - np.searchsorted(col, col)
+    chosen = rank < keep
+    line, col, picked, rank = line[chosen], col[chosen], picked[chosen], rank[chosen]
+    changed = np.unique(col)
+    entering = empty_lists(len(changed), keep)
+    at = np.searchsorted(changed, col)
+    entering.positions[at, rank] = line + r0
+    entering.scores[at, rank] = picked
+    current = Neighbours(found.positions[changed], found.scores[changed])
+    merged = merge(current, entering, keep)
+    found.positions[changed], found.scores[changed] = merged.positions, merged.scores
+    return found
+
+
+def newcomer_lists(
+    vectors: np.ndarray, found: NewcomerScan, k: int, groups: np.ndarray | None = None
+) -> Neighbours:
+    """The exact top-k lists of the scanned newcomers (in the order of ``found.new``): equal
+    to ``core.neighbours.top_k(vectors, k, queries=found.new, groups=groups)``."""
+    if groups is None:
+        return rescore(vectors, found.new, vectors, np.arange(len(vectors)), found.candidates, k)
+    result = empty_lists(len(found.new), k)
+    new_groups = groups[found.new]
+    for group in np.unique(new_groups):
+        rows = np.flatnonzero(new_groups == group)
+        within = np.flatnonzero(groups == group)
+        candidates = Neighbours(found.candidates.positions[rows], found.candidates.scores[rows])
+        lists = rescore(vectors, found.new[rows], vectors, within, candidates, k)
+        result.positions[rows], result.scores[rows] = lists.positions, lists.scores
+    return result
