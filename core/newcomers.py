@@ -21,7 +21,8 @@ from core.neighbours import Neighbours, empty_lists, merge, rescore
 
 # Newcomers one scan serves: beyond this, faiss's blocked search is the better tool.
 SCAN_MAX = 256
-_TILE_ROWS = 8192
+_TILE_VALUES = 1 << 22  # scores per tile (16 MB): a million rows for one newcomer
+_SAMPLE = 16_384  # values a first bar is drawn from
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ def scan(
     new_groups = None if groups is None else groups[new]
     best = np.full(len(x), -np.inf, dtype=np.float32)
     found = empty_lists(len(new), k + CANDIDATES_OVER)  # as many as top_k keeps
-    for r0 in range(0, len(x), _TILE_ROWS):
-        r1 = min(r0 + _TILE_ROWS, len(x))
+    height = max(_TILE_VALUES // max(len(new), 1), 1)
+    for r0 in range(0, len(x), height):
+        r1 = min(r0 + height, len(x))
         tile = x[r0:r1] @ queries.T
         if groups is not None and new_groups is not None:
             tile[groups[r0:r1, None] != new_groups[None, :]] = -np.inf
@@ -64,11 +66,12 @@ def _keep_best(found: Neighbours, tile: np.ndarray, r0: int) -> Neighbours:
     candidates, by (score desc, position asc)."""
     keep = found.positions.shape[1]
     bar = found.scores[:, -1].copy()
-    short = np.flatnonzero(np.isneginf(bar))
-    if len(short) and len(tile) >= keep:
-        # A list not full yet: the tile's own keep-th best is a bar no lower.
-        bar[short] = np.partition(tile[:, short], len(tile) - keep, axis=0)[len(tile) - keep]
-    line, col = np.nonzero((tile >= bar[None, :]) & (tile > -np.inf))
+    for column in np.flatnonzero(np.isneginf(bar)):
+        bar[column] = _first_bar(tile[:, column], keep)
+    reach = tile >= bar[None, :]
+    if np.isneginf(bar).any():
+        reach &= tile > -np.inf
+    line, col = np.divmod(np.flatnonzero(reach), tile.shape[1])
     if not len(line):
         return found
     picked = tile[line, col]
@@ -86,6 +89,18 @@ def _keep_best(found: Neighbours, tile: np.ndarray, r0: int) -> Neighbours:
     merged = merge(current, entering, keep)
     found.positions[changed], found.scores[changed] = merged.positions, merged.scores
     return found
+
+
+def _first_bar(scores: np.ndarray, keep: int) -> np.float32:
+    """A score that at least ``keep`` of ``scores`` reach (-inf: fewer are finite): the
+    keep-th best of an even sample, so that a list's first fill sorts a few entries, not all."""
+    finite = scores[scores > -np.inf]
+    if len(finite) <= keep:
+        return np.float32(-np.inf)
+    sample = finite[:: max(len(finite) // _SAMPLE, 1)]
+    if len(sample) < keep:
+        sample = finite
+    return np.float32(np.partition(sample, len(sample) - keep)[len(sample) - keep])
 
 
 def newcomer_lists(

@@ -20,12 +20,13 @@ def _catalogue(seed: int) -> np.ndarray:
     return np.concatenate([spread, close, close[:5]]).astype(np.float32)
 
 
-@pytest.mark.parametrize("tile", [7, 64, 8192])
+@pytest.mark.parametrize("tile", [7, 4096, 1 << 22])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_newcomer_lists_equal_top_k(
     monkeypatch: pytest.MonkeyPatch, tile: int, grouped: bool
 ) -> None:
-    monkeypatch.setattr(newcomers, "_TILE_ROWS", tile)
+    monkeypatch.setattr(newcomers, "_TILE_VALUES", tile)
+    monkeypatch.setattr(newcomers, "_SAMPLE", 5)
     vectors = _catalogue(3)
     groups = np.arange(len(vectors)) % 3 if grouped else None
     new = np.array([0, 5, 701, 702, 750, 781, len(vectors) - 1])
