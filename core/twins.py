@@ -11,6 +11,7 @@ replaced, the next one takes its place at the next update.
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 
 import numpy as np
@@ -69,8 +70,44 @@ def visible(
             seen.add(number)
     if not hidden:
         return vectors, [], groups
-    keep = np.ones(len(vectors.ids), dtype=bool)
-    keep[vectors.positions(hidden)] = False
-    ids = [pid for pid, kept in zip(vectors.ids, keep.tolist(), strict=True) if kept]
-    kept_groups = groups[keep] if groups is not None else None
-    return VectorSet(ids, vectors.vectors[keep]), sorted(hidden), kept_groups
+    hidden.sort()
+    kept_groups = None
+    if groups is not None:
+        keep = np.ones(len(vectors.ids), dtype=bool)
+        keep[vectors.positions(hidden)] = False
+        kept_groups = groups[keep]
+    return _without_twins(vectors, hidden), hidden, kept_groups
+
+
+# The set without twins of each vector set still alive (a process keeps one or two: its
+# cache's), so that a set an add grew by a few rows has its own grown the same way (one
+# array copy) rather than rebuilt from every id, and list ends kept along the one before
+# follow it (``core.list_ends.ListEnds.along``) without a look-up per id.
+_VISIBLE: dict[int, tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet]] = {}
+
+
+def _without_twins(vectors: VectorSet, hidden: list[str]) -> VectorSet:
+    key = tuple(hidden)
+    known = _VISIBLE.get(id(vectors))
+    if known is not None and known[0]() is vectors and known[1] == key:
+        return known[2]
+    found = _grown(vectors, key)
+    if found is None:
+        found = vectors.without(hidden)
+    address = id(vectors)
+    _VISIBLE[address] = (weakref.ref(vectors, lambda _: _VISIBLE.pop(address, None)), key, found)
+    return found
+
+
+def _grown(vectors: VectorSet, key: tuple[str, ...]) -> VectorSet | None:
+    """The set without twins of the set ``vectors`` grew from, grown by the same rows; None
+    when there is none kept, or the twins differ."""
+    parent, at = vectors.grown_from(), vectors.inserted_at
+    known = _VISIBLE.get(id(parent)) if parent is not None else None
+    if known is None or known[0]() is not parent or known[1] != key or at is None:
+        return None
+    rows = at + np.arange(len(at))  # where numpy.insert put them
+    ids = [vectors.ids[row] for row in rows]
+    if set(ids) & set(key):
+        return None
+    return known[2].with_rows(ids, vectors.vectors[rows])

@@ -293,3 +293,14 @@ def app(service_env: dict[str, str]) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database that several "processes" (engines) commit to."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("fresh_pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    upgrade(url)
+    return url

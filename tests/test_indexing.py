@@ -30,7 +30,6 @@ from core.space_cache import SpaceCache
 from core.space_reader import SqlSpaceReader
 from core.spaces import ProjectionSettings, Space, load_space_vectors, resolve_space
 from core.vectors import VectorSet, project
-from migrations import upgrade
 from tests.conftest import in_process_context
 from tests.test_images import bad_files
 
@@ -244,17 +243,6 @@ def test_pca_projection_is_fitted_once_and_kept_for_adds(
 
 
 # --- a worker's SpaceCache: checked against the database on every use ----------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database that several "processes" (engines) commit to."""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("fresh_pg_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'shared.db'}"
-    upgrade(url)
-    return url
 
 
 def _sessions(url: str) -> sessionmaker[Session]:

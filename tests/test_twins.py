@@ -27,7 +27,16 @@ from core.products import sync_products
 from core.spaces import Space, load_space_vectors
 from migrations import upgrade
 from tests.conftest import in_process_context
-from tests.test_indexing import SQL, _colour_catalogue, _table, embed_all_pending, table_of
+from tests.test_indexing import (
+    SQL,
+    _add,
+    _colour_catalogue,
+    _sessions,
+    _table,
+    _warm,
+    embed_all_pending,
+    table_of,
+)
 
 K = 3
 
@@ -185,3 +194,36 @@ def test_photo_counts_follow_inserts_photo_changes_and_deletes(db_session: Sessi
         ["q02", "q06"],
         ["q03", "q07"],
     ]
+
+
+def test_adds_grow_the_set_without_twins_rather_than_rebuild_it(
+    shared_url: str, pixel_encoder: PixelEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's cache grows its vectors by each add's rows; the set without twins grows the
+    # same way, so neither it nor the list ends along it are rebuilt from every id per add.
+    root = _colour_catalogue(tmp_path, count=20)
+    _twin(root, "p03", "p07")
+    items = read_catalogue(root).items
+    space = Space(pixel_encoder.model_id)
+    cache = _warm(shared_url, pixel_encoder, items[:10])
+
+    def from_every_id(*_: object) -> None:
+        raise AssertionError("rebuilt from every id")
+
+    with _sessions(shared_url)() as session:
+        update_lists(session, space, cache, K, 4)  # the set without twins, once
+        session.commit()
+        first = twins.visible(session, cache.vectors(session, space))[0]
+        monkeypatch.setattr("core.vectors.VectorSet.without", from_every_id)
+        monkeypatch.setattr("core.list_ends.ListEnds.as_dict", from_every_id)
+        for part in (items[10:15], items[15:]):
+            _add(session, pixel_encoder, part)
+            session.commit()
+            assert update_lists(session, space, cache, K, 4) >= len(part)
+            session.commit()
+        grown = twins.visible(session, cache.vectors(session, space))[0]
+        assert "p07" not in grown.ids
+        monkeypatch.undo()
+        assert first.ids == [pid for pid in grown.ids if pid < "p10"]
+        assert _table(session) == _expected(session, space)
+        assert "p07" not in _listed(session)
