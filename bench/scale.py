@@ -301,12 +301,13 @@ def pynndescent_graph(
 
 
 def updates(
-    env: dict[str, str], url: str, base: np.ndarray, products: int, logs: Path
+    env: dict[str, str], url: str, base: np.ndarray, products: int, logs: Path, twins: bool
 ) -> dict[str, Any]:
     """Adds of 1, 10 and 100 products and deletes of 1 through one worker, the first on a cold
     worker (its first task reads every vector and list end), the others warm: seconds from
-    the job's submission to its end as polled here (every 2 ms)."""
-    from sqlalchemy import select
+    the job's submission to its end as polled here (every 2 ms). With ``twins``, two products
+    of the bulk load get the same photo first, as a real catalogue's duplicates do."""
+    from sqlalchemy import select, text
 
     from core.db import make_engine, make_sessionmaker
     from core.jobs import JobKind, JobStep, StepCall, create_job
@@ -352,6 +353,12 @@ def updates(
         ids = [f"{prefix}{n:07d}" for n in range(count)]
         return run(JobKind.ADD_PRODUCTS, JobStep.ADD_PRODUCTS, ids)
 
+    if twins:
+        with engine.begin() as connection:
+            for table, key in (("products", "id"), ("embeddings", "product_id")):
+                connection.execute(
+                    text(f"UPDATE {table} SET content_hash = 's0000000' WHERE {key} = 's0000001'")
+                )
     pool = Workers(env, logs)
     model_id = pool.start(1)
     result: dict[str, Any] = {"ready_s": pool.ready_s[0], "cold_add_1_s": add(1)}
@@ -405,6 +412,9 @@ def main() -> None:
         "deletes on the last table built).",
     )
     parser.add_argument("--workers", default="1,2", help="Worker counts of the exact build.")
+    parser.add_argument(
+        "--twins", action="store_true", help="updates: two products share a photo first."
+    )
     parser.add_argument("--faiss-threads", default="1,2", help="Threads of the faiss reference.")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
@@ -466,7 +476,7 @@ def main() -> None:
             pool.stop()
         if "updates" in stages and written:
             (work / "updates").mkdir()
-            save(updates=updates(env, url, base, args.products, work / "updates"))
+            save(updates=updates(env, url, base, args.products, work / "updates", args.twins))
         if "faiss" in stages:
             for threads in map(int, args.faiss_threads.split(",")):
                 save(**{f"faiss_flat_{threads}_thread_s": faiss_reference(vectors, threads)})
