@@ -271,15 +271,22 @@ def _tile_best(scores: np.ndarray, cols: np.ndarray, width: int) -> Neighbours:
     # Only what scores at least a row's take-th best can be in its list (ties included).
     bar = -np.partition(-scores, take - 1, axis=1)[:, take - 1]
     line, col = np.nonzero(scores >= bar[:, None])
-    picked = scores[line, col]
-    order = np.lexsort((col, -picked.astype(np.float64), line))
-    line, col, picked = line[order], col[order], picked[order]
-    rank = np.arange(len(line)) - np.searchsorted(line, line)
-    chosen = rank < take
-    line, col, picked, rank = line[chosen], col[chosen], picked[chosen], rank[chosen]
+    line, col, picked, rank = first_of_each(line, col, scores[line, col], take)
     found.positions[line, rank] = np.where(np.isneginf(picked), NO_NEIGHBOUR, cols[col])
     found.scores[line, rank] = picked
     return found
+
+
+def first_of_each(
+    owner: np.ndarray, position: np.ndarray, score: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Entries (``owner``, ``position``, ``score``) cut to each owner's first ``width`` by
+    (score desc, position asc), sorted so, with each one's rank in its owner's list."""
+    order = np.lexsort((position, -score.astype(np.float64), owner))
+    owner, position, score = owner[order], position[order], score[order]
+    rank = np.arange(len(owner)) - np.searchsorted(owner, owner)
+    chosen = rank < width
+    return owner[chosen], position[chosen], score[chosen], rank[chosen]
 
 
 def add_to_lists(

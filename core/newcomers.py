@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.approximate import CANDIDATES_OVER
-from core.neighbours import Neighbours, empty_lists, merge, rescore
+from core.neighbours import Neighbours, empty_lists, first_of_each, merge, rescore
 
 # Newcomers one scan serves: beyond this, faiss's blocked search is the better tool.
 SCAN_MAX = 256
@@ -74,12 +74,7 @@ def _keep_best(found: Neighbours, tile: np.ndarray, r0: int) -> Neighbours:
     line, col = np.divmod(np.flatnonzero(reach), tile.shape[1])
     if not len(line):
         return found
-    picked = tile[line, col]
-    order = np.lexsort((line, -picked.astype(np.float64), col))
-    line, col, picked = line[order], col[order], picked[order]
-    rank = np.arange(len(col)) - np.searchsorted(col, col)
-    chosen = rank < keep
-    line, col, picked, rank = line[chosen], col[chosen], picked[chosen], rank[chosen]
+    col, line, picked, rank = first_of_each(col, line, tile[line, col], keep)
     changed = np.unique(col)
     entering = empty_lists(len(changed), keep)
     at = np.searchsorted(changed, col)

@@ -153,8 +153,9 @@ class Settings(BaseSettings):
         default=500_000,
         ge=1,
         description="Products from which an 'auto' build is approximate: an exact build of "
-        "500,000 is projected at about 15 minutes with two worker processes on two cores "
-        "(BENCHMARKS.md).",
+        "1,000,000 took 14-18 minutes through two worker processes on two cores "
+        "(BENCHMARKS.md), and a slow machine day takes up to 1.7x that; 500,000 is about a "
+        "quarter, well inside the 20-minute budget on any day measured.",
     )
     approximate_recall: float = Field(
         default=0.98,
