@@ -145,8 +145,8 @@ def _list_rows(
             for chunk in in_chunks(list(product_ids))
             for row in read(select(*columns).where(Neighbour.product_id.in_(chunk)))
         ]
-    # Few lists (an add): binary search; many: one dict of every id.
-    return rows, (vectors.index.get if many else vectors.position)
+    # An add's few lists: binary search; a large share of the ids: one dict of every id.
+    return rows, vectors.finder(len(rows))
 
 
 def write_lists(

@@ -1,0 +1,81 @@
+"""Large arrays of vector rows, recycled once nothing refers to them.
+
+A set of vectors grown by an add, or shrunk by a delete, is a new array: 256 MB at a million
+64-d rows, written once per add. Freeing one such array and allocating the next lets the kernel
+hand out fresh pages every time, and on a virtual machine whose host takes freed memory back
+(as this project's machines do) touching those pages costs 0.4-0.8 s instead of 25 ms: every
+second add at a million products paid it (BENCHMARKS.md, 2026-12-07). So a process keeps the
+few large arrays it wrote last and writes the next set into one that nothing holds any more
+(no set, no view of it), with a little room to grow, so that adds keep using the same pages.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+# Below this, arrays come and go as numpy allocates them.
+_RECYCLED_BYTES = 16 * 1024 * 1024
+# Room for this share more rows, so that the next adds fit the same array.
+_SLACK = 64
+# Up to this many rows are inserted segment by segment (plain copies), more through a mask.
+_SEGMENTS_MAX = 1024
+
+
+class RowBuffers:
+    """The large arrays one process wrote sets into last (``kept`` of them at most)."""
+
+    def __init__(self, kept: int = 4) -> None:
+        self._kept = kept
+        self._arrays: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, rows: int, width: int, dtype: np.dtype) -> np.ndarray:
+        """An uninitialised (rows, width) array: a free kept one when one fits."""
+        if rows * width * dtype.itemsize < _RECYCLED_BYTES:
+            return np.empty((rows, width), dtype)
+        with self._lock:
+            for array in self._arrays:
+                # Held by this list, this loop and getrefcount's argument only: no set, no view.
+                if sys.getrefcount(array) == 3 and _fits(array, rows, width, dtype):
+                    return array[:rows]
+            array = np.empty((rows + rows // _SLACK + 1, width), dtype)
+            self._arrays = [*self._arrays, array][-self._kept :]
+            return array[:rows]
+
+
+def _fits(array: np.ndarray, rows: int, width: int, dtype: np.dtype) -> bool:
+    return array.dtype == dtype and array.shape[1] == width and rows <= array.shape[0]
+
+
+_BUFFERS = RowBuffers()
+
+
+def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``numpy.insert(base, at, rows, axis=0)`` (``at`` ascending), written into a recycled
+    array."""
+    count = len(base) + len(rows)
+    out = _BUFFERS.take(count, base.shape[1], base.dtype)
+    placed = np.asarray(at, dtype=np.int64) + np.arange(len(rows))  # where numpy puts them
+    if len(rows) > _SEGMENTS_MAX:
+        between = np.ones(count, dtype=bool)
+        between[placed] = False
+        out[between] = base
+        out[placed] = rows
+        return out
+    start = 0
+    for n, pos in enumerate(placed.tolist()):
+        out[start + n : pos] = base[start : pos - n]
+        out[pos] = rows[n]
+        start = pos - n
+    out[start + len(rows) :] = base[start:]
+    return out
+
+
+def kept_rows(base: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``base[keep]`` (a boolean mask), written into a recycled array."""
+    out = _BUFFERS.take(int(np.count_nonzero(keep)), base.shape[1], base.dtype)
+    np.compress(keep, base, axis=0, out=out)
+    return out

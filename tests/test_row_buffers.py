@@ -1,0 +1,45 @@
+"""Large row arrays are recycled only when nothing holds them, and written exactly as numpy's
+insert and boolean indexing write them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import row_buffers
+from core.row_buffers import RowBuffers
+
+
+@pytest.mark.parametrize("segments", [1024, 2])
+def test_inserted_and_kept_rows_equal_numpy(monkeypatch: pytest.MonkeyPatch, segments: int) -> None:
+    monkeypatch.setattr(row_buffers, "_RECYCLED_BYTES", 0)  # recycle even these small arrays
+    monkeypatch.setattr(row_buffers, "_SEGMENTS_MAX", segments)
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(50, 4)).astype(np.float32)
+    for at in ([0], [50], [3, 3, 17, 50], [0, 0, 49], list(range(0, 50, 5))):
+        rows = rng.normal(size=(len(at), 4)).astype(np.float32)
+        expected = np.insert(base, at, rows, axis=0)
+        np.testing.assert_array_equal(row_buffers.inserted(base, np.array(at), rows), expected)
+    keep = rng.random(50) < 0.7
+    np.testing.assert_array_equal(row_buffers.kept_rows(base, keep), base[keep])
+
+
+def test_an_array_is_written_again_only_when_nothing_holds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(row_buffers, "_RECYCLED_BYTES", 0)
+    buffers = RowBuffers(kept=2)
+    dtype = np.dtype(np.float32)
+    first = buffers.take(100, 8, dtype)
+    first[:] = 1.0
+    view = first[10:20]
+    del first
+    second = buffers.take(100, 8, dtype)  # a view of the first is alive: a new array
+    second[:] = 2.0
+    assert (view == 1.0).all()
+    del view
+    third = buffers.take(101, 8, dtype)  # the first is free again, with room for one more row
+    third[:] = 3.0
+    assert (second == 2.0).all()
+    assert third.base is not None and third.base is not second.base
+    assert buffers.take(50, 8, dtype).base is not third.base  # still held: not reused
