@@ -27,7 +27,7 @@ _SEGMENTS_MAX = 1024
 class RowBuffers:
     """The large arrays one process wrote sets into last (``kept`` of them at most)."""
 
-    def __init__(self, kept: int = 4) -> None:
+    def __init__(self, kept: int = 3) -> None:
         self._kept = kept
         self._arrays: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -76,6 +76,15 @@ def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def kept_rows(base: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """``base[keep]`` (a boolean mask), written into a recycled array."""
-    out = _BUFFERS.take(int(np.count_nonzero(keep)), base.shape[1], base.dtype)
-    np.compress(keep, base, axis=0, out=out)
+    dropped = np.flatnonzero(~keep)
+    out = _BUFFERS.take(len(base) - len(dropped), base.shape[1], base.dtype)
+    if len(dropped) > _SEGMENTS_MAX:
+        # mode="clip": numpy buffers ``out`` (a copy of it all) in its default "raise" mode.
+        np.take(base, np.flatnonzero(keep), axis=0, out=out, mode="clip")
+        return out
+    start = 0
+    for n, pos in enumerate(dropped.tolist()):
+        out[start - n : pos - n] = base[start:pos]
+        start = pos + 1
+    out[start - len(dropped) :] = base[start:]
     return out

@@ -20,8 +20,10 @@ def test_inserted_and_kept_rows_equal_numpy(monkeypatch: pytest.MonkeyPatch, seg
         rows = rng.normal(size=(len(at), 4)).astype(np.float32)
         expected = np.insert(base, at, rows, axis=0)
         np.testing.assert_array_equal(row_buffers.inserted(base, np.array(at), rows), expected)
-    keep = rng.random(50) < 0.7
-    np.testing.assert_array_equal(row_buffers.kept_rows(base, keep), base[keep])
+    for drop in ([0], [49], [3, 4, 17], list(range(0, 50, 3)), []):
+        keep = np.ones(50, dtype=bool)
+        keep[drop] = False
+        np.testing.assert_array_equal(row_buffers.kept_rows(base, keep), base[keep])
 
 
 def test_an_array_is_written_again_only_when_nothing_holds_it(
