@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import sqlite3
 import subprocess
 import sys
@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import commit, create_database, drop_database, lookalike_env, machine
+from bench.common import peak_mib as common_peak_mib
 from bench.scale import Workers, base_vectors, build, synthetic, write_catalogue
 
 
@@ -78,7 +79,9 @@ def bare_pass(url: str, model_id: str) -> dict[str, float]:
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory (VmHWM: its own since exec, where ru_maxrss
+    carries the forking parent's)."""
+    return common_peak_mib(os.getpid())
 
 
 def fit_and_fill(url: str, model_id: str) -> dict[str, float]:
