@@ -29,7 +29,11 @@ class RowBuffers:
 
     def __init__(self, kept: int = 3) -> None:
         self._kept = kept
-        self._arrays: list[np.ndarray] = []
+        # First a probe never handed out: an array held as the kept ones are and by nothing
+        # else, whose reference count is what a free one's reads (whatever the interpreter
+        # counts for the loop and the call), so a kept array with a view or a set on it
+        # (one more) is never written again.
+        self._held: list[np.ndarray] = [np.empty(0)]
         self._lock = threading.Lock()
 
     def take(self, rows: int, width: int, dtype: np.dtype) -> np.ndarray:
@@ -37,12 +41,15 @@ class RowBuffers:
         if rows * width * dtype.itemsize < _RECYCLED_BYTES:
             return np.empty((rows, width), dtype)
         with self._lock:
-            for array in self._arrays:
-                # Held by this list, this loop and getrefcount's argument only: no set, no view.
-                if sys.getrefcount(array) == 3 and _fits(array, rows, width, dtype):
+            free = -1
+            for array in self._held:
+                count = sys.getrefcount(array)
+                if free < 0:
+                    free = count  # the probe
+                elif count == free and _fits(array, rows, width, dtype):
                     return array[:rows]
             array = np.empty((rows + rows // _SLACK + 1, width), dtype)
-            self._arrays = [*self._arrays, array][-self._kept :]
+            self._held = [self._held[0], *[*self._held[1:], array][-self._kept :]]
             return array[:rows]
 
 
