@@ -102,11 +102,10 @@ def _without_twins(vectors: VectorSet, hidden: list[str]) -> VectorSet:
 def _grown(vectors: VectorSet, key: tuple[str, ...]) -> VectorSet | None:
     """The set without twins of the set ``vectors`` grew from, grown by the same rows; None
     when there is none kept, or the twins differ."""
-    parent, at = vectors.grown_from(), vectors.inserted_at
+    parent, rows = vectors.grown_from(), vectors.grown_rows()
     known = _VISIBLE.get(id(parent)) if parent is not None else None
-    if known is None or known[0]() is not parent or known[1] != key or at is None:
+    if known is None or known[0]() is not parent or known[1] != key or rows is None:
         return None
-    rows = at + np.arange(len(at))  # where numpy.insert put them
     ids = [vectors.ids[row] for row in rows]
     if set(ids) & set(key):
         return None

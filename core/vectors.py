@@ -52,6 +52,11 @@ class VectorSet:
         at = bisect.bisect_left(self.ids, product_id)
         return at if at < len(self.ids) and self.ids[at] == product_id else None
 
+    def grown_rows(self) -> np.ndarray | None:
+        """Where the rows this set was grown by (``with_rows``) are in it; None: not grown."""
+        at = self.inserted_at
+        return None if at is None else at + np.arange(len(at))  # as numpy.insert placed them
+
     def finder(self, lookups: int) -> Callable[[str], int | None]:
         """How to find a product's position (None: absent) for about ``lookups`` look-ups:
         the dict of every id when it is built already or they are many, else binary search
