@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect, text
 
 from core.db import make_engine
 from core.models import Base
@@ -47,3 +49,61 @@ def _not_search_index(name: str | None, kind: str, _parent: object) -> bool:
     """The name-search indexes (migration 0009) are dialect-specific and not in the models:
     pg_trgm's GIN index, and SQLite's FTS5 table with the shadow tables it keeps."""
     return not (name or "").startswith(("ix_products_search_trgm", "products_search"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_deleting_a_product_deletes_its_list_and_places(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The neighbour table has no foreign keys (migration 0016): a trigger does their cascades,
+    and the list table's change counter still moves. Also after a downgrade and upgrade."""
+    if backend == "postgresql":
+        url = request.getfixturevalue("fresh_pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'lists.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        _cascades(engine, "p0")
+        command.downgrade(alembic_config(url), "0015")
+        _cascades(engine, "p1")
+        command.upgrade(alembic_config(url), "head")
+        _cascades(engine, "p2")
+    finally:
+        engine.dispose()
+
+
+def _cascades(engine: Engine, gone: str) -> None:
+    ids = ["p0", "p1", "p2", "p3"]
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM products"))
+        connection.execute(
+            text(
+                "INSERT INTO products (id, meta, image_path, content_hash, sort_key, search_text, "
+                "created_at, updated_at) VALUES (:id, '{}', '', '', '', '', :now, :now)"
+            ),
+            [{"id": pid, "now": datetime.now(UTC)} for pid in ids],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO neighbours (product_id, rank, neighbour_id, score, space_id) "
+                "VALUES (:p, :r, :n, 0.5, 's')"
+            ),
+            [
+                {"p": p, "r": r + 1, "n": n}
+                for p in ids
+                for r, n in enumerate(n for n in ids if n != p)
+            ],
+        )
+    with engine.begin() as connection:
+        before = connection.scalar(
+            text("SELECT value FROM change_counters WHERE name = 'neighbours'")
+        )
+        connection.execute(text("DELETE FROM products WHERE id = :id"), {"id": gone})
+        after = connection.scalar(
+            text("SELECT value FROM change_counters WHERE name = 'neighbours'")
+        )
+        rows = connection.execute(text("SELECT product_id, neighbour_id FROM neighbours")).all()
+    assert after > before
+    assert len(rows) == 6
+    assert all(gone not in row for row in rows)
