@@ -323,23 +323,36 @@ def updates(
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
 
+    parts: dict[str, list[tuple[float, float, float]]] = {}
+
     def run(kind: JobKind, step: JobStep, ids: list[str]) -> float:
         with sessions() as session:
             job = create_job(session, kind, {"product_ids": ids}, total=len(ids))
             job_id = job.id
+            submitted = datetime.now(UTC)
             started = time.perf_counter()
             queue.submit(session, job, [StepCall(step, (job_id,))])
         while True:
             with engine.connect() as connection:
-                state, error = connection.execute(
-                    select(Job.state, Job.error).where(Job.id == job_id)
+                state, error, began, ended = connection.execute(
+                    select(Job.state, Job.error, Job.started_at, Job.finished_at).where(
+                        Job.id == job_id
+                    )
                 ).one()
             if state in ("succeeded", "failed"):
                 break
             time.sleep(0.002)
+        seconds = time.perf_counter() - started
         if state != "succeeded":
             sys.exit(f"{kind.value} failed: {error}")
-        return time.perf_counter() - started
+        # Where it went: the broker and the worker picking it up (to the step's start), the
+        # step up to the job's end (set before its last commits), the rest (commits, poll).
+        assert began is not None and ended is not None  # a succeeded job has both
+        queued, ran = (began - submitted).total_seconds(), (ended - began).total_seconds()
+        parts.setdefault(f"{kind.value}_{len(ids)}", []).append(
+            (queued, ran, seconds - queued - ran)
+        )
+        return seconds
 
     made = 0
     model_id = ""
@@ -371,6 +384,17 @@ def updates(
         run(JobKind.DELETE_PRODUCTS, JobStep.DELETE_PRODUCTS, [pid]) for pid in deleted
     ]
     result["add_1_p50_s"] = float(np.median(result["add_1_s"]))
+    # Medians of each part, warm runs only (the cold add is the first of its kind).
+    result["parts_p50_s"] = {
+        name: dict(
+            zip(
+                ("queued", "step", "after"),
+                np.median(runs[1:] or runs, axis=0).tolist(),
+                strict=True,
+            )
+        )
+        for name, runs in parts.items()
+    }
     result["peak_mib"] = pool.peaks()
     pool.stop()
     engine.dispose()

@@ -324,9 +324,10 @@ def delete_products(
     before = lock_neighbour_table(session)
     affected = lists_mentioning(session, product_ids)
     for chunk in in_chunks(list(product_ids)):
-        # Cascades remove their vectors, their lists and their places in other lists.
+        # Cascades remove their vectors; a trigger (migration 0016) their lists and their
+        # places in other lists.
         session.execute(delete(Product).where(Product.id.in_(chunk)))
     session.flush()
-    # Those cascades wrote lists too: logged, so that list ends kept elsewhere follow them.
+    # That trigger wrote lists too: logged, so that list ends kept elsewhere follow them.
     log_list_writes(session, before, sorted(affected | set(product_ids)))
     return update_lists(session, space, reader, k, block_size, repair_ids=affected)
