@@ -7,6 +7,13 @@ hand out fresh pages every time, and on a virtual machine whose host takes freed
 second add at a million products paid it (BENCHMARKS.md, 2026-12-07). So a process keeps the
 few large arrays it wrote last and writes the next set into one that nothing holds any more
 (no set, no view of it), with a little room to grow, so that adds keep using the same pages.
+
+Where in its buffer a new array starts is chosen too. A grown set is its old rows copied one
+row (256 bytes at 64-d) further on, and a copy whose destination is a little past its source
+modulo 4 KiB runs at a third of its speed: the CPU takes each load for one of the stores just
+issued to the same page offset ("4K aliasing"): 54 ms instead of 16 for 256 MB on an AMD EPYC
+(BENCHMARKS.md, 2026-12-07, a fourth day). So each copy's destination is put about half a page
+from its source.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ _RECYCLED_BYTES = 16 * 1024 * 1024
 _SLACK = 64
 # Up to this many rows are inserted segment by segment (plain copies), more through a mask.
 _SEGMENTS_MAX = 1024
+# Page offsets: a copy's destination is kept about half a page from its source, and each
+# array starts at a multiple of the cache line.
+_PAGE = 4096
+_LINE = 64
 
 
 class RowBuffers:
@@ -36,25 +47,37 @@ class RowBuffers:
         self._held: list[np.ndarray] = [np.empty(0)]
         self._lock = threading.Lock()
 
-    def take(self, rows: int, width: int, dtype: np.dtype) -> np.ndarray:
-        """An uninitialised (rows, width) array: a free kept one when one fits."""
-        if rows * width * dtype.itemsize < _RECYCLED_BYTES:
+    def take(self, rows: int, width: int, dtype: np.dtype, offset: int = 0) -> np.ndarray:
+        """An uninitialised (rows, width) array: in a free kept buffer when one fits. A kept
+        one starts ``offset`` bytes into a page, rounded down to a cache line."""
+        size = rows * width * dtype.itemsize
+        if size < _RECYCLED_BYTES:
             return np.empty((rows, width), dtype)
         with self._lock:
             free = -1
-            for array in self._held:
-                count = sys.getrefcount(array)
+            for buffer in self._held:
+                count = sys.getrefcount(buffer)
                 if free < 0:
                     free = count  # the probe
-                elif count == free and _fits(array, rows, width, dtype):
-                    return array[:rows]
-            array = np.empty((rows + rows // _SLACK + 1, width), dtype)
-            self._held = [self._held[0], *[*self._held[1:], array][-self._kept :]]
-            return array[:rows]
+                elif count == free and size + _PAGE <= len(buffer):
+                    return _placed(buffer, rows, width, dtype, offset)
+            # Bytes, with room for more rows and for any start within a page.
+            buffer = np.empty(size + size // _SLACK + _PAGE, np.uint8)
+            self._held = [self._held[0], *[*self._held[1:], buffer][-self._kept :]]
+            return _placed(buffer, rows, width, dtype, offset)
 
 
-def _fits(array: np.ndarray, rows: int, width: int, dtype: np.dtype) -> bool:
-    return array.dtype == dtype and array.shape[1] == width and rows <= array.shape[0]
+def _placed(buffer: np.ndarray, rows: int, width: int, dtype: np.dtype, offset: int) -> np.ndarray:
+    start = (offset % _PAGE // _LINE * _LINE - buffer.ctypes.data) % _PAGE
+    size = rows * width * dtype.itemsize
+    return buffer[start : start + size].view(dtype).reshape(rows, width)
+
+
+def _offset_for(base: np.ndarray, shifts: int) -> int:
+    """Where in a page to start an array whose segments are copied from ``base`` with their
+    destinations 0 to ``shifts`` bytes further on (negative: back): the middle of that span
+    half a page past the source."""
+    return base.ctypes.data + _PAGE // 2 - shifts // 2
 
 
 _BUFFERS = RowBuffers()
@@ -64,7 +87,10 @@ def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``numpy.insert(base, at, rows, axis=0)`` (``at`` ascending), written into a recycled
     array."""
     count = len(base) + len(rows)
-    out = _BUFFERS.take(count, base.shape[1], base.dtype)
+    row_bytes = base.shape[1] * base.dtype.itemsize
+    # The n-th segment lands n rows further on than its source.
+    offset = _offset_for(base, min(len(rows), _SEGMENTS_MAX) * row_bytes)
+    out = _BUFFERS.take(count, base.shape[1], base.dtype, offset)
     placed = np.asarray(at, dtype=np.int64) + np.arange(len(rows))  # where numpy puts them
     if len(rows) > _SEGMENTS_MAX:
         between = np.ones(count, dtype=bool)
@@ -84,7 +110,10 @@ def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def kept_rows(base: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """``base[keep]`` (a boolean mask), written into a recycled array."""
     dropped = np.flatnonzero(~keep)
-    out = _BUFFERS.take(len(base) - len(dropped), base.shape[1], base.dtype)
+    row_bytes = base.shape[1] * base.dtype.itemsize
+    # The n-th segment lands n rows before its source.
+    offset = _offset_for(base, -min(len(dropped), _SEGMENTS_MAX) * row_bytes)
+    out = _BUFFERS.take(len(base) - len(dropped), base.shape[1], base.dtype, offset)
     if len(dropped) > _SEGMENTS_MAX:
         # mode="clip": numpy buffers ``out`` (a copy of it all) in its default "raise" mode.
         np.take(base, np.flatnonzero(keep), axis=0, out=out, mode="clip")
