@@ -153,9 +153,10 @@ class Settings(BaseSettings):
         default=500_000,
         ge=1,
         description="Products from which an 'auto' build is approximate: an exact build of "
-        "1,000,000 took 14-19 minutes through two worker processes on two cores "
-        "(BENCHMARKS.md), and a slow machine day takes up to 1.7x that; 500,000 is about a "
-        "quarter, well inside the 20-minute budget on any day measured.",
+        "1,000,000 took 14-19 minutes through two worker processes on two cores with "
+        "AVX-512, 25.5 on two without (BENCHMARKS.md: about 1.06x faiss's flat search on "
+        "each); 500,000 is about a quarter, well inside the 20-minute budget on any machine "
+        "measured.",
     )
     approximate_recall: float = Field(
         default=0.98,
