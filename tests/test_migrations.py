@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,27 +23,29 @@ def test_single_head() -> None:
     assert len(script.get_heads()) == 1
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_upgrade_matches_models(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if backend == "postgresql":
+@pytest.fixture(params=["sqlite", "postgresql"])
+def upgraded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Engine]]:
+    """An empty database upgraded to the head, on each backend, and an engine on it."""
+    if request.param == "postgresql":
         url = request.getfixturevalue("fresh_pg_url")
     else:
         url = f"sqlite:///{tmp_path / 'empty.db'}"
     upgrade(url)
     engine = make_engine(url)
-    try:
-        script = ScriptDirectory.from_config(alembic_config(url))
-        assert current_revision(engine) == script.get_current_head()
-        with engine.connect() as connection:
-            opts = {"compare_type": True, "include_name": _not_search_index}
-            context = MigrationContext.configure(connection, opts=opts)
-            assert compare_metadata(context, Base.metadata) == []
-            tables = set(inspect(connection).get_table_names()) - {"alembic_version"}
-        assert {t for t in tables if _not_search_index(t, "table", {})} == set(Base.metadata.tables)
-    finally:
-        engine.dispose()
+    yield url, engine
+    engine.dispose()
+
+
+def test_upgrade_matches_models(upgraded: tuple[str, Engine]) -> None:
+    url, engine = upgraded
+    script = ScriptDirectory.from_config(alembic_config(url))
+    assert current_revision(engine) == script.get_current_head()
+    with engine.connect() as connection:
+        opts = {"compare_type": True, "include_name": _not_search_index}
+        context = MigrationContext.configure(connection, opts=opts)
+        assert compare_metadata(context, Base.metadata) == []
+        tables = set(inspect(connection).get_table_names()) - {"alembic_version"}
+    assert {t for t in tables if _not_search_index(t, "table", {})} == set(Base.metadata.tables)
 
 
 def _not_search_index(name: str | None, kind: str, _parent: object) -> bool:
@@ -51,26 +54,15 @@ def _not_search_index(name: str | None, kind: str, _parent: object) -> bool:
     return not (name or "").startswith(("ix_products_search_trgm", "products_search"))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_deleting_a_product_deletes_its_list_and_places(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_deleting_a_product_deletes_its_list_and_places(upgraded: tuple[str, Engine]) -> None:
     """The neighbour table has no foreign keys (migration 0016): a trigger does their cascades,
     and the list table's change counter still moves. Also after a downgrade and upgrade."""
-    if backend == "postgresql":
-        url = request.getfixturevalue("fresh_pg_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'lists.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        _cascades(engine, "p0")
-        command.downgrade(alembic_config(url), "0015")
-        _cascades(engine, "p1")
-        command.upgrade(alembic_config(url), "head")
-        _cascades(engine, "p2")
-    finally:
-        engine.dispose()
+    url, engine = upgraded
+    _cascades(engine, "p0")
+    command.downgrade(alembic_config(url), "0015")
+    _cascades(engine, "p1")
+    command.upgrade(alembic_config(url), "head")
+    _cascades(engine, "p2")
 
 
 def _cascades(engine: Engine, gone: str) -> None:
