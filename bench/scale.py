@@ -515,8 +515,8 @@ def main() -> None:
             for threads in map(int, args.faiss_threads.split(",")):
                 seconds = faiss_reference(vectors, threads, args.faiss_queries)
                 save(**{f"faiss_flat_{threads}_thread_s": seconds})
-        if args.faiss_queries and "faiss" in stages:
-            save(faiss_queries_searched=args.faiss_queries)
+            if args.faiss_queries:
+                save(faiss_queries_searched=args.faiss_queries)
         if "graph" in stages:
             seconds, found = approximate_graph(vectors, sample)
             measured = {"seconds": seconds, "sampled_recall": recall(found, truth)}

@@ -73,11 +73,13 @@ def _placed(buffer: np.ndarray, rows: int, width: int, dtype: np.dtype, offset: 
     return buffer[start : start + size].view(dtype).reshape(rows, width)
 
 
-def _offset_for(base: np.ndarray, shifts: int) -> int:
+def _offset_for(base: np.ndarray, rows: int) -> int:
     """Where in a page to start an array whose segments are copied from ``base`` with their
-    destinations 0 to ``shifts`` bytes further on (negative: back): the middle of that span
-    half a page past the source."""
-    return base.ctypes.data + _PAGE // 2 - shifts // 2
+    destinations 0 to ``rows`` rows further on (negative: back; at most the segments there
+    are): the middle of that span half a page past the source."""
+    rows = max(-_SEGMENTS_MAX, min(rows, _SEGMENTS_MAX))
+    shifts = rows * int(base.shape[1]) * int(base.dtype.itemsize)
+    return int(base.ctypes.data) + _PAGE // 2 - shifts // 2
 
 
 _BUFFERS = RowBuffers()
@@ -87,10 +89,8 @@ def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``numpy.insert(base, at, rows, axis=0)`` (``at`` ascending), written into a recycled
     array."""
     count = len(base) + len(rows)
-    row_bytes = base.shape[1] * base.dtype.itemsize
     # The n-th segment lands n rows further on than its source.
-    offset = _offset_for(base, min(len(rows), _SEGMENTS_MAX) * row_bytes)
-    out = _BUFFERS.take(count, base.shape[1], base.dtype, offset)
+    out = _BUFFERS.take(count, base.shape[1], base.dtype, _offset_for(base, len(rows)))
     placed = np.asarray(at, dtype=np.int64) + np.arange(len(rows))  # where numpy puts them
     if len(rows) > _SEGMENTS_MAX:
         between = np.ones(count, dtype=bool)
@@ -110,9 +110,8 @@ def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def kept_rows(base: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """``base[keep]`` (a boolean mask), written into a recycled array."""
     dropped = np.flatnonzero(~keep)
-    row_bytes = base.shape[1] * base.dtype.itemsize
     # The n-th segment lands n rows before its source.
-    offset = _offset_for(base, -min(len(dropped), _SEGMENTS_MAX) * row_bytes)
+    offset = _offset_for(base, -len(dropped))
     out = _BUFFERS.take(len(base) - len(dropped), base.shape[1], base.dtype, offset)
     if len(dropped) > _SEGMENTS_MAX:
         # mode="clip": numpy buffers ``out`` (a copy of it all) in its default "raise" mode.

@@ -27,10 +27,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _KEYS = ("product_id", "neighbour_id")
-_DELETE = "DELETE FROM neighbours WHERE {column} IN (SELECT id FROM {gone})"
 _POSTGRESQL = [
     "CREATE FUNCTION lookalike_delete_lists() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-    + "; ".join(_DELETE.format(column=column, gone="gone") for column in _KEYS)
+    + "; ".join(
+        f"DELETE FROM neighbours WHERE {column} IN (SELECT id FROM gone)" for column in _KEYS
+    )
     + "; RETURN NULL; END $$",
     "CREATE FUNCTION lookalike_clear_lists() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
     "DELETE FROM neighbours; RETURN NULL; END $$",
