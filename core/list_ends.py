@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core.db import IN_CHUNK, read_rows
 from core.models import ListWrite, Neighbour
 from core.spaces import Space
-from core.vectors import VectorSet
+from core.vectors import VectorSet, position_in
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,15 @@ class ListEnds:
     """The products that have a list in a space, each with its list's last score: what a newcomer
     must come close to to enter it (-inf when the list is shorter than k: anyone enters).
 
-    Kept as arrays along the rows of ``vectors`` (so that an add does not look up every product),
-    plus ``elsewhere``, the lists of products with no row there. :meth:`along` moves them onto
+    Kept as arrays along rows named by ``ids`` (a set's, so that an add does not look up every
+    product; the list, not the set, so that its vectors are not kept alive by these), plus
+    ``elsewhere``, the lists of products with no row there. :meth:`along` moves them onto
     another set of rows: cheaply onto one grown from theirs, by a look-up per product otherwise.
     """
 
     k: int
-    vectors: VectorSet | None
-    listed: np.ndarray  # bool per row of ``vectors``
+    ids: list[str] | None
+    listed: np.ndarray  # bool per row of ``ids``
     floors: np.ndarray  # float32 per row: -inf when the list is short or there is none
     elsewhere: Mapping[str, float]
     counter: int | None = None
@@ -45,13 +46,13 @@ class ListEnds:
 
     def along(self, vectors: VectorSet) -> ListEnds:
         """The same ends along the rows of ``vectors``."""
-        if vectors is self.vectors:
+        if vectors.ids is self.ids:
             return self
         at = vectors.inserted_at
-        if self.vectors is not None and at is not None and vectors.grown_from() is self.vectors:
+        if self.ids is not None and at is not None and vectors.parent_ids is self.ids:
             listed = np.insert(self.listed, at, False)
             floors = np.insert(self.floors, at, np.float32(-np.inf))
-            return replace(self, vectors=vectors, listed=listed, floors=floors, elsewhere={})._with(
+            return replace(self, ids=vectors.ids, listed=listed, floors=floors, elsewhere={})._with(
                 self.elsewhere, ()
             )
         every = self.as_dict()
@@ -64,7 +65,7 @@ class ListEnds:
             elsewhere = {pid: every[pid] for pid in every.keys() - set(vectors.ids)}
         return replace(
             self,
-            vectors=vectors,
+            ids=vectors.ids,
             listed=listed,
             floors=scores.astype(np.float32),
             elsewhere=elsewhere,
@@ -72,9 +73,9 @@ class ListEnds:
 
     def as_dict(self) -> dict[str, float]:
         every = dict(self.elsewhere)
-        if self.vectors is not None:
+        if self.ids is not None:
             rows = np.flatnonzero(self.listed)
-            ids = self.vectors.ids
+            ids = self.ids
             every.update(zip([ids[row] for row in rows], self.floors[rows].tolist(), strict=True))
         return every
 
@@ -87,16 +88,16 @@ class ListEnds:
     def _with(self, floors: Mapping[str, float], removed: Iterable[str]) -> ListEnds:
         # Only on arrays this object owns (fresh copies).
         elsewhere = dict(self.elsewhere)
-        position = self.vectors.position if self.vectors is not None else lambda _: None
+        ids = self.ids or []
         for pid in removed:
-            at = position(pid)
+            at = position_in(ids, pid)
             if at is None:
                 elsewhere.pop(pid, None)
             else:
                 self.listed[at] = False
                 self.floors[at] = -np.inf
         for pid, floor in floors.items():
-            at = position(pid)
+            at = position_in(ids, pid)
             if at is None:
                 elsewhere[pid] = floor
             else:

@@ -77,7 +77,7 @@ def rebuild_lists(
     after = log_list_writes(session, before, changed_ids + orphans)
     analyse_lists(session)
     listed = fresh.positions[:, 0] != NO_NEIGHBOUR
-    ends = ListEnds(k, vectors, listed, fresh.scores[:, k - 1].copy(), {})
+    ends = ListEnds(k, vectors.ids, listed, fresh.scores[:, k - 1].copy(), {})
     reader.keep_list_ends(session, space, ends, after)
     return len(changed_ids) + len(orphans)
 

@@ -18,8 +18,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core import row_buffers
 from core.models import PhotoCount, Product
-from core.vectors import VectorSet
+from core.vectors import VectorSet, ids_inserted
 
 
 def photo_groups(session: Session) -> list[list[str]]:
@@ -80,33 +81,49 @@ def visible(
 
 
 # The set without twins of each vector set still alive (a process keeps one or two: its
-# cache's), so that a set an add grew by a few rows has its own grown the same way (one
-# array copy) rather than rebuilt from every id, and list ends kept along the one before
-# follow it (``core.list_ends.ListEnds.along``) without a look-up per id.
+# cache's), by the identity of that set's ids, so that a set an add grew by a few rows has its
+# own made the same way (one array copy, its ids grown, not rebuilt from every id) and list ends
+# kept along the one before follow it (``core.list_ends.ListEnds.along``) without a look-up per
+# id. The one before is let go first: at a million rows each is a 256 MB array, and an add
+# already holds two sets of them (the cached one and the one it grew).
 _VISIBLE: dict[int, tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet]] = {}
 
 
 def _without_twins(vectors: VectorSet, hidden: list[str]) -> VectorSet:
     key = tuple(hidden)
-    known = _VISIBLE.get(id(vectors))
+    known = _kept(vectors.ids)
     if known is not None and known[0]() is vectors and known[1] == key:
         return known[2]
     found = _grown(vectors, key)
     if found is None:
         found = vectors.without(hidden)
-    address = id(vectors)
+    address = id(vectors.ids)
     _VISIBLE[address] = (weakref.ref(vectors, lambda _: _VISIBLE.pop(address, None)), key, found)
     return found
 
 
+def _kept(ids: list[str]) -> tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet] | None:
+    """What ``_VISIBLE`` holds for the set whose ids are ``ids`` (that very list), if alive."""
+    known = _VISIBLE.get(id(ids))
+    owner = known[0]() if known is not None else None
+    return known if owner is not None and owner.ids is ids else None
+
+
 def _grown(vectors: VectorSet, key: tuple[str, ...]) -> VectorSet | None:
-    """The set without twins of the set ``vectors`` grew from, grown by the same rows; None
-    when there is none kept, or the twins differ."""
-    parent, rows = vectors.grown_from(), vectors.grown_rows()
-    known = _VISIBLE.get(id(parent)) if parent is not None else None
-    if known is None or known[0]() is not parent or known[1] != key or rows is None:
+    """The set without twins of the set ``vectors`` grew from, grown by the same rows (and that
+    one dropped); None when there is none kept, or the twins differ."""
+    parent, rows = vectors.parent_ids, vectors.grown_rows()
+    known = _kept(parent) if parent is not None else None
+    if parent is None or known is None or known[1] != key or rows is None:
         return None
-    ids = [vectors.ids[row] for row in rows]
-    if set(ids) & set(key):
+    new = [vectors.ids[row] for row in rows]
+    if set(new) & set(key):
         return None
-    return known[2].with_rows(ids, vectors.vectors[rows])
+    before = known[2].ids
+    del known
+    _VISIBLE.pop(id(parent))  # its array is free for the copy below (core.row_buffers)
+    ids, at = ids_inserted(before, new)
+    keep = np.ones(len(vectors.ids), dtype=bool)
+    keep[vectors.positions(key)] = False
+    rows_kept = row_buffers.kept_rows(vectors.vectors, keep)
+    return VectorSet(ids, rows_kept, parent_ids=before, inserted_at=at)

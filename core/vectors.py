@@ -6,7 +6,6 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +34,10 @@ class VectorSet:
 
     ids: list[str]
     vectors: np.ndarray
-    # Set by with_rows: the set these rows were grown from (weakly: no chain of old sets is
-    # kept alive), and where in it the new rows went (as for numpy.insert).
-    grown_from: Callable[[], VectorSet | None] = field(
-        default=lambda: None, repr=False, compare=False
-    )
+    # Set by with_rows: the ids of the set these rows were grown from (the list itself, whose
+    # identity names those rows without keeping that set's array alive), and where in it the
+    # new rows went (as for numpy.insert).
+    parent_ids: list[str] | None = field(default=None, repr=False, compare=False)
     inserted_at: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
@@ -49,8 +47,7 @@ class VectorSet:
 
     def position(self, product_id: str) -> int | None:
         """Where ``product_id`` is, or None when it has no vector here."""
-        at = bisect.bisect_left(self.ids, product_id)
-        return at if at < len(self.ids) and self.ids[at] == product_id else None
+        return position_in(self.ids, product_id)
 
     def grown_rows(self) -> np.ndarray | None:
         """Where the rows this set was grown by (``with_rows``) are in it; None: not grown."""
@@ -96,18 +93,31 @@ class VectorSet:
         """A new set with rows for ``ids`` (sorted, none already here) added in order."""
         if not ids:
             return self
-        at = [bisect.bisect_left(self.ids, pid) for pid in ids]
-        merged = list(self.ids)
-        # Right to left, so that earlier positions stay valid; equal positions keep id order.
-        for pos, pid in zip(reversed(at), reversed(ids), strict=True):
-            merged.insert(pos, pid)
+        merged, at = ids_inserted(self.ids, ids)
         base = self.vectors if len(self.ids) else np.zeros((0, vectors.shape[1]), vectors.dtype)
         return VectorSet(
             merged,
-            row_buffers.inserted(base, np.array(at, dtype=np.int64), vectors.astype(base.dtype)),
-            grown_from=weakref.ref(self),
-            inserted_at=np.array(at, dtype=np.int64),
+            row_buffers.inserted(base, at, vectors.astype(base.dtype)),
+            parent_ids=self.ids,
+            inserted_at=at,
         )
+
+
+def position_in(ids: Sequence[str], product_id: str) -> int | None:
+    """Where ``product_id`` is in the sorted ``ids``, or None when it is not there."""
+    at = bisect.bisect_left(ids, product_id)
+    return at if at < len(ids) and ids[at] == product_id else None
+
+
+def ids_inserted(ids: list[str], new: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The sorted ``ids`` with ``new`` (sorted, none already there) inserted, and where each
+    went in ``ids`` (as for numpy.insert)."""
+    at = [bisect.bisect_left(ids, pid) for pid in new]
+    merged = list(ids)
+    # Right to left, so that earlier positions stay valid; equal positions keep id order.
+    for pos, pid in zip(reversed(at), reversed(new), strict=True):
+        merged.insert(pos, pid)
+    return merged, np.array(at, dtype=np.int64)
 
 
 def project(projection: Projection, vectors: np.ndarray) -> np.ndarray:

@@ -438,7 +438,7 @@ def test_vector_set_grows_in_id_order() -> None:
     grown = base.with_rows(["a", "c", "e"], np.array([[1.0], [3.0], [5.0]], dtype=np.float32))
     assert grown.ids == ["a", "b", "c", "d", "e"]
     assert grown.vectors[:, 0].tolist() == [1, 2, 3, 4, 5]
-    assert grown.grown_from() is base and grown.inserted_at is not None
+    assert grown.parent_ids is base.ids and grown.inserted_at is not None
     assert grown.position("c") == 2 and grown.position("z") is None
     assert grown.positions(["e", "a"]).tolist() == [4, 0]
     assert grown.positions_found(["z", "d"]).tolist() == [3]

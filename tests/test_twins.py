@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from flask import Flask
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from cli.in_process import index_catalogue
 from cli.main import main
-from core import twins
+from core import row_buffers, twins
 from core.catalogue import read_catalogue
 from core.db import make_engine, make_sessionmaker
 from core.encoder import PixelEncoder
@@ -214,16 +216,32 @@ def test_adds_grow_the_set_without_twins_rather_than_rebuild_it(
         update_lists(session, space, cache, K, 4)  # the set without twins, once
         session.commit()
         first = twins.visible(session, cache.vectors(session, space))[0]
+        first_ids = first.ids
         monkeypatch.setattr("core.vectors.VectorSet.without", from_every_id)
         monkeypatch.setattr("core.list_ends.ListEnds.as_dict", from_every_id)
+        before = weakref.ref(first)
+        del first
+        at_copy: list[object] = []
+        copy_rows = row_buffers.kept_rows
+
+        def kept_rows(base: np.ndarray, keep: np.ndarray) -> np.ndarray:
+            at_copy.append(before())  # the set without twins of before the add, if alive
+            return copy_rows(base, keep)
+
+        monkeypatch.setattr(row_buffers, "kept_rows", kept_rows)
         for part in (items[10:15], items[15:]):
             _add(session, pixel_encoder, part)
             session.commit()
             assert update_lists(session, space, cache, K, 4) >= len(part)
             session.commit()
+            # The set without twins of before the add was let go before the new one was
+            # written, not kept beside it.
+            assert at_copy == [None] and before() is None
+            at_copy.clear()
+            before = weakref.ref(twins.visible(session, cache.vectors(session, space))[0])
         grown = twins.visible(session, cache.vectors(session, space))[0]
         assert "p07" not in grown.ids
         monkeypatch.undo()
-        assert first.ids == [pid for pid in grown.ids if pid < "p10"]
+        assert [pid for pid in grown.ids if pid < "p10"] == first_ids
         assert _table(session) == _expected(session, space)
         assert "p07" not in _listed(session)
