@@ -203,13 +203,15 @@ def _plan(
     recompute = is_new.copy()
     recompute[vectors.positions_found(repair)] = True
     new = np.flatnonzero(is_new)
-    old = np.flatnonzero(~recompute)
     scanned = None
     if 0 < len(new) <= newcomers.SCAN_MAX:
-        # An add: the entry check and the newcomers' own search in one pass over every row.
+        # An add: the entry check and the newcomers' own search in one pass over every row;
+        # then masks over every row, not the positions of every old one gathered (8 MB each at
+        # a million rows: 6 ms of an add).
         scanned = newcomers.scan(vectors.vectors, new, k, groups)
-        touched = old[scanned.best[old] >= ends.floors[old] - _ENTER_SLACK]
+        touched = np.flatnonzero((scanned.best >= ends.floors - _ENTER_SLACK) & ~recompute)
     else:
+        old = np.flatnonzero(~recompute)
         touched = old[_may_enter(vectors.vectors, old, new, ends.floors[old], groups)]
     return _Plan(new, recompute, touched, sorted(gone), scanned)
 
