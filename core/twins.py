@@ -84,8 +84,8 @@ def visible(
 # cache's), by the identity of that set's ids, so that a set an add grew by a few rows has its
 # own made the same way (one array copy, its ids grown, not rebuilt from every id) and list ends
 # kept along the one before follow it (``core.list_ends.ListEnds.along``) without a look-up per
-# id. The one before is let go first: at a million rows each is a 256 MB array, and an add
-# already holds two sets of them (the cached one and the one it grew).
+# id. The one before is let go first: at a million rows each is a 256 MB array, and an add or
+# a delete already holds two sets of them (the cached one and the one it grew or shrank).
 _VISIBLE: dict[int, tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet]] = {}
 
 
@@ -94,8 +94,12 @@ def _without_twins(vectors: VectorSet, hidden: list[str]) -> VectorSet:
     known = _kept(vectors.ids)
     if known is not None and known[0]() is vectors and known[1] == key:
         return known[2]
+    del known  # nothing here may keep an old set without twins alive
     found = _grown(vectors, key)
     if found is None:
+        # The sets without twins of other sets go first (the cached one's, when a delete
+        # shrank it): kept, each would be a fourth 256 MB array beside this one at a million.
+        _VISIBLE.clear()
         found = vectors.without(hidden)
     address = id(vectors.ids)
     _VISIBLE[address] = (weakref.ref(vectors, lambda _: _VISIBLE.pop(address, None)), key, found)

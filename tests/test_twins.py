@@ -245,3 +245,15 @@ def test_adds_grow_the_set_without_twins_rather_than_rebuild_it(
         assert [pid for pid in grown.ids if pid < "p10"] == first_ids
         assert _table(session) == _expected(session, space)
         assert "p07" not in _listed(session)
+
+        # A delete shrinks the cached set (one copy), then makes the set without twins again
+        # from the shrunk one (a second): the one before is let go before that second copy.
+        before = weakref.ref(grown)
+        del grown
+        at_copy.clear()
+        monkeypatch.setattr(row_buffers, "kept_rows", kept_rows)
+        delete_products(session, ["p12"], space, cache, K, 4)
+        session.commit()
+        assert len(at_copy) == 2 and at_copy[-1] is None
+        monkeypatch.undo()
+        assert _table(session) == _expected(session, space)
