@@ -54,38 +54,17 @@ class RowBuffers:
         if size < _RECYCLED_BYTES:
             return np.empty((rows, width), dtype)
         with self._lock:
-            buffer = self._free(size)
-            if buffer is None:
-                buffer = self._new(size)
+            free = -1
+            for buffer in self._held:
+                count = sys.getrefcount(buffer)
+                if free < 0:
+                    free = count  # the probe
+                elif count == free and size + _PAGE <= len(buffer):
+                    return _placed(buffer, rows, width, dtype, offset)
+            # Bytes, with room for more rows and for any start within a page.
+            buffer = np.empty(size + size // _SLACK + _PAGE, np.uint8)
+            self._held = [self._held[0], *[*self._held[1:], buffer][-self._kept :]]
             return _placed(buffer, rows, width, dtype, offset)
-
-    def reserve(self, rows: int, width: int, dtype: np.dtype) -> None:
-        """Have a free kept buffer that fits (rows, width), its pages written once: the next
-        array of that size is then written to memory the process already has (on this
-        project's virtual machines, a fresh 256 MB costs 0.2-0.8 s the first time)."""
-        size = rows * width * dtype.itemsize
-        if size < _RECYCLED_BYTES:
-            return
-        with self._lock:
-            if self._free(size) is None:
-                self._new(size)[::_PAGE] = 0
-
-    def _free(self, size: int) -> np.ndarray | None:
-        """A kept buffer that nothing else holds and that fits ``size`` bytes at any start."""
-        free = -1
-        for buffer in self._held:
-            count = sys.getrefcount(buffer)
-            if free < 0:
-                free = count  # the probe
-            elif count == free and size + _PAGE <= len(buffer):
-                return buffer
-        return None
-
-    def _new(self, size: int) -> np.ndarray:
-        # Bytes, with room for more rows and for any start within a page.
-        buffer = np.empty(size + size // _SLACK + _PAGE, np.uint8)
-        self._held = [self._held[0], *[*self._held[1:], buffer][-self._kept :]]
-        return buffer
 
 
 def _placed(buffer: np.ndarray, rows: int, width: int, dtype: np.dtype, offset: int) -> np.ndarray:
@@ -104,18 +83,6 @@ def _offset_for(base: np.ndarray, rows: int) -> int:
 
 
 _BUFFERS = RowBuffers()
-
-
-def taken(rows: int, width: int, dtype: np.dtype) -> np.ndarray:
-    """An uninitialised (rows, width) array, in a recycled buffer when it is large."""
-    return _BUFFERS.take(rows, width, np.dtype(dtype))
-
-
-def reserve_like(array: np.ndarray) -> None:
-    """A free recycled buffer with its pages written, for the next array the size of
-    ``array`` (a set about to be grown or shrunk by a row or two)."""
-    if array.ndim == 2:
-        _BUFFERS.reserve(len(array), array.shape[1], array.dtype)
 
 
 def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
-from core import projected, row_buffers
+from core import projected
 from core.db import in_chunks, read_rows
 from core.list_ends import ListEnds, follow_list_writes, read_list_ends
 from core.models import ChangeCounter, Embedding, Product, VectorChange, VectorCount
@@ -82,9 +82,6 @@ def _read_vectors(session: Session, space: Space) -> _Vectors:
     counter = read_counter(session, VECTORS_COUNTER)
     projection = projection_of(session, space)
     read = projected.read_space(session, space.embedding_model_id, space.projection_tag, projection)
-    # The first add grows this set into a second array: its pages are taken now, with the
-    # cold read, rather than by that add.
-    row_buffers.reserve_like(read.vectors.vectors)
     return _Vectors(counter, read.vectors, read.outdated, read.rows, read_at, projection)
 
 

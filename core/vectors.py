@@ -200,12 +200,9 @@ def concatenated(pages: Sequence[VectorSet]) -> VectorSet:
     full = [page.vectors for page in pages if len(page.ids)]
     if not full:
         return VectorSet([], np.zeros((0, 0), dtype=np.float32))
-    # Into a recycled array (``core.row_buffers``): the set a worker keeps and grows.
-    vectors = row_buffers.taken(len(ids), full[0].shape[1], full[0].dtype)
+    vectors = np.concatenate(full) if len(full) > 1 else full[0]
     if any(a >= b for a, b in itertools.pairwise(ids)):
         order = sorted(range(len(ids)), key=ids.__getitem__)
         ids = [ids[n] for n in order]
-        np.take(np.concatenate(full), order, axis=0, out=vectors, mode="clip")
-    else:
-        np.concatenate(full, out=vectors)
+        vectors = vectors[np.array(order, dtype=np.int64)]
     return VectorSet(ids, vectors)

@@ -61,22 +61,3 @@ def test_a_grown_or_shrunk_array_starts_half_a_page_from_its_source(
         gap = (made.ctypes.data - base.ctypes.data) % row_buffers._PAGE
         assert 1024 <= gap <= 3072
         assert made.ctypes.data % row_buffers._LINE == 0
-
-
-def test_a_reserved_buffer_takes_the_next_array_of_its_size(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A worker's cold read reserves the buffer its first add grows the set into, its pages
-    # written then: that add allocates nothing.
-    monkeypatch.setattr(row_buffers, "_RECYCLED_BYTES", 0)
-    buffers = RowBuffers(kept=3)
-    dtype = np.dtype(np.float32)
-    kept = buffers.take(1000, 64, dtype)
-    buffers.reserve(1000, 64, dtype)
-    assert not buffers._held[-1][:: row_buffers._PAGE].any()  # written once
-    reserved = id(buffers._held[-1])  # its id: a reference would make it held
-    assert reserved != id(kept.base)
-    buffers.reserve(1000, 64, dtype)  # one is free already: nothing more
-    assert id(buffers._held[-1]) == reserved
-    grown = buffers.take(1001, 64, dtype)
-    assert id(grown.base) == reserved and len(buffers._held) == 3  # the probe and the two
