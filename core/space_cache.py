@@ -163,13 +163,23 @@ def _without_changed(
 def _new_rows(session: Session, space: Space, known: _Vectors) -> list[Any]:
     """(id, current) of the rows created since a little before ``known`` was read that it
     neither holds nor counts as outdated."""
-    recent = session.execute(
-        _rows(space.embedding_model_id).where(Embedding.created_at >= known.read_at - SETTLE)
-    ).all()
+    recent = session.scalars(
+        select(Embedding.product_id).where(
+            Embedding.model_id == space.embedding_model_id,
+            Embedding.created_at >= known.read_at - SETTLE,
+        )
+    )
+    unseen = sorted(
+        pid for pid in recent if pid not in known.outdated and known.vectors.position(pid) is None
+    )
+    # Whether each is of its product's current photo, for these few only: joined for every
+    # row of the window, its read took 22 ms for 5,000 rows instead of 3 ms (adds back to back
+    # fill the window with rows the cache holds already).
+    query = _rows(space.embedding_model_id)
     return [
         row
-        for row in recent
-        if row[0] not in known.outdated and known.vectors.position(row[0]) is None
+        for ids in in_chunks(unseen)
+        for row in session.execute(query.where(Embedding.product_id.in_(ids)))
     ]
 
 
