@@ -142,10 +142,12 @@ def write_catalogue(url: str, model_id: str, vectors: np.ndarray, prefix: str = 
 
 
 class Workers:
-    """``lookalike worker --concurrency 1`` processes, one OpenMP thread each."""
+    """``lookalike worker --concurrency 1`` processes, ``threads`` OpenMP and BLAS threads
+    each (0: as many as a deployed worker gets, one per core)."""
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = {**env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    def __init__(self, env: dict[str, str], logs: Path, threads: int = 1) -> None:
+        limit = {"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+        self.env = {**env, **(limit if threads else {})}
         self.logs = logs
         self.processes: list[subprocess.Popen[bytes]] = []
         self.ready_s: list[float] = []
@@ -305,12 +307,20 @@ def pynndescent_graph(
 
 
 def updates(
-    env: dict[str, str], url: str, base: np.ndarray, products: int, logs: Path, twins: bool
+    env: dict[str, str],
+    url: str,
+    base: np.ndarray,
+    products: int,
+    logs: Path,
+    twins: bool,
+    threads: int = 1,
+    single_adds: int = 9,
 ) -> dict[str, Any]:
-    """Adds of 1, 10 and 100 products and deletes of 1 through one worker, the first on a cold
-    worker (its first task reads every vector and list end), the others warm: seconds from
-    the job's submission to its end as polled here (every 2 ms). With ``twins``, two products
-    of the bulk load get the same photo first, as a real catalogue's duplicates do."""
+    """Adds of 1, 10 and 100 products and deletes of 1 through one worker (``threads`` as for
+    ``Workers``), the first on a cold worker (its first task reads every vector and list end),
+    the others warm: seconds from the job's submission to its end as polled here (every 2 ms).
+    With ``twins``, two products of the bulk load get the same photo first, as a real
+    catalogue's duplicates do."""
     from sqlalchemy import select, text
 
     from core.db import make_engine, make_sessionmaker
@@ -376,10 +386,14 @@ def updates(
                 connection.execute(
                     text(f"UPDATE {table} SET content_hash = 's0000000' WHERE {key} = 's0000001'")
                 )
-    pool = Workers(env, logs)
+    pool = Workers(env, logs, threads)
     model_id = pool.start(1)
-    result: dict[str, Any] = {"ready_s": pool.ready_s[0], "cold_add_1_s": add(1)}
-    for count, times in ((1, 9), (10, 3), (100, 3)):
+    result: dict[str, Any] = {
+        "threads": threads,
+        "ready_s": pool.ready_s[0],
+        "cold_add_1_s": add(1),
+    }
+    for count, times in ((1, single_adds), (10, 3), (100, 3)):
         result[f"add_{count}_s"] = [add(count) for _ in range(times)]
     # Products of the bulk load, drawn afresh each run (a reused database lost earlier ones).
     drawn = np.random.default_rng().choice(products, 5, replace=False)
@@ -442,6 +456,18 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="Worker counts of the exact build.")
     parser.add_argument(
         "--twins", action="store_true", help="updates: two products share a photo first."
+    )
+    parser.add_argument(
+        "--update-threads",
+        type=int,
+        default=1,
+        help="updates: the worker's OpenMP and BLAS threads (0: no limit, as deployed).",
+    )
+    parser.add_argument(
+        "--single-adds",
+        type=int,
+        default=9,
+        help="updates: adds of one product after the cold one (their median is the p50).",
     )
     parser.add_argument("--faiss-threads", default="1,2", help="Threads of the faiss reference.")
     parser.add_argument(
@@ -510,7 +536,17 @@ def main() -> None:
             pool.stop()
         if "updates" in stages and written:
             (work / "updates").mkdir()
-            save(updates=updates(env, url, base, args.products, work / "updates", args.twins))
+            found = updates(
+                env,
+                url,
+                base,
+                args.products,
+                work / "updates",
+                args.twins,
+                args.update_threads,
+                args.single_adds,
+            )
+            save(updates=found)
         if "faiss" in stages:
             for threads in map(int, args.faiss_threads.split(",")):
                 seconds = faiss_reference(vectors, threads, args.faiss_queries)
