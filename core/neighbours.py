@@ -112,6 +112,8 @@ _MARGIN = CANDIDATES_OVER
 # d = 512), with room to spare.
 _EPS = 2e-4
 _FINISH_ROWS = 512
+# Up to this many candidates (an add's newcomers) are scored with numpy, not faiss.
+_SMALL_BASE = 256
 # The exact fallback: rows at a time, and candidates per tile (64 x 65,536 float64 = 32 MB).
 _REDO_ROWS = 64
 _REDO_TILE = 65_536
@@ -164,6 +166,8 @@ def _float32_candidates(
         if ivf is not None:
             found: tuple[np.ndarray, np.ndarray] = ivf.index.search(queries, count)
             return found
+        if len(base) <= _SMALL_BASE:
+            return _small_knn(queries, base, count)
         return faiss.knn(queries, base, count, metric=faiss.METRIC_INNER_PRODUCT)
 
     # One more than needed, so that a query's own entry can be dropped.
@@ -185,6 +189,21 @@ def _float32_candidates(
             picked == NO_NEIGHBOUR, -np.inf, np.take_along_axis(scores, order, axis=1)
         )
     return running
+
+
+def _small_knn(queries: np.ndarray, base: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``faiss.knn``'s answer (scores and labels, best first) for a few candidates, in this
+    thread: an add's lists searched against its newcomers. Faiss would wake its OpenMP threads
+    for it, and on a worker whose BLAS threads still spin after the newcomer scan that took
+    1-12 ms for a product of a few kilobytes (BENCHMARKS.md, a sixth day)."""
+    scores = queries @ base.T
+    if count < scores.shape[1]:
+        part = np.argpartition(-scores, count - 1, axis=1)[:, :count]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    chosen = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-chosen, axis=1, kind="stable")
+    return np.take_along_axis(chosen, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
 def _exclude_self(tile: np.ndarray, own: np.ndarray, cols: np.ndarray) -> None:

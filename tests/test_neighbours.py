@@ -66,6 +66,24 @@ def test_adding_products_equals_a_full_rebuild() -> None:
     np.testing.assert_array_equal(new_lists.scores, full.scores[new])
 
 
+@pytest.mark.parametrize("every", [3, 150])
+def test_few_candidates_found_in_numpy_as_faiss_finds_them(
+    monkeypatch: pytest.MonkeyPatch, every: int
+) -> None:
+    """An add's search against its newcomers skips faiss (its threads' wake-up costs more than
+    the search): the same lists, whether the candidates outnumber k (200) or not (4)."""
+    vectors = _random(600, 32, seed=11)
+    candidates = np.arange(0, 600, every)
+    assert 0 < len(candidates) <= neighbours._SMALL_BASE
+    ours = top_k(vectors, 10, 64, candidates=candidates)
+    monkeypatch.setattr(neighbours, "_SMALL_BASE", 0)
+    theirs = top_k(vectors, 10, 64, candidates=candidates)
+    np.testing.assert_array_equal(ours.positions, theirs.positions)
+    np.testing.assert_array_equal(ours.scores, theirs.scores)
+    is_candidate = np.isin(np.arange(600), candidates)
+    np.testing.assert_array_equal(ours.lengths(), np.minimum(10, len(candidates) - is_candidate))
+
+
 def test_search_with_outside_queries_equals_brute_force() -> None:
     vectors, queries = _random(400, 16, seed=4), _random(7, 16, seed=5)
     found = search(vectors, queries, 10, block_size=64)
