@@ -536,7 +536,7 @@ def main() -> None:
             pool.stop()
         if "updates" in stages and written:
             (work / "updates").mkdir()
-            found = updates(
+            adds = updates(
                 env,
                 url,
                 base,
@@ -546,7 +546,7 @@ def main() -> None:
                 args.update_threads,
                 args.single_adds,
             )
-            save(updates=found)
+            save(updates=adds)
         if "faiss" in stages:
             for threads in map(int, args.faiss_threads.split(",")):
                 seconds = faiss_reference(vectors, threads, args.faiss_queries)
