@@ -18,7 +18,8 @@ Side by side in one run:
 * peak resident memory of every worker process, and how long a cold worker takes to be ready;
 * the approximate build (``LOOKALIKE_NEIGHBOUR_SEARCH=approximate``) through 2 workers, and
   pynndescent's k-NN graph of the same vectors on 2 threads: seconds and recall@10 of each,
-  measured on 2,000 sampled rows against their exact lists (as is every exact build's, 1.0).
+  measured on 2,000 sampled rows against their exact lists (as is every exact build's, 1.0);
+* adds and deletes through one worker with its default threads, as deployed (``updates``).
 
     python bench/scale.py --products 200000
     python bench/scale.py --products 1000000 --json scale.json   # partial results as it goes
@@ -313,8 +314,8 @@ def updates(
     products: int,
     logs: Path,
     twins: bool,
-    threads: int = 1,
-    single_adds: int = 9,
+    threads: int = 0,
+    single_adds: int = 21,
 ) -> dict[str, Any]:
     """Adds of 1, 10 and 100 products and deletes of 1 through one worker (``threads`` as for
     ``Workers``), the first on a cold worker (its first task reads every vector and list end),
@@ -460,13 +461,14 @@ def main() -> None:
     parser.add_argument(
         "--update-threads",
         type=int,
-        default=1,
-        help="updates: the worker's OpenMP and BLAS threads (0: no limit, as deployed).",
+        default=0,
+        help="updates: the worker's OpenMP and BLAS threads (0, the default: no limit, as a "
+        "deployed worker runs; runs before 2026-12-07 10:00 UTC limited it to 1).",
     )
     parser.add_argument(
         "--single-adds",
         type=int,
-        default=9,
+        default=21,
         help="updates: adds of one product after the cold one (their median is the p50).",
     )
     parser.add_argument("--faiss-threads", default="1,2", help="Threads of the faiss reference.")
