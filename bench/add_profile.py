@@ -50,7 +50,8 @@ def main() -> None:
 
     def add(n: int, profile: cProfile.Profile | None = None) -> float:
         prefix = f"p{tag}{n:03d}-"
-        write_catalogue(args.database_url, model_id, synthetic(base, 1, seed=2000 + n), prefix)
+        vectors = synthetic(base, 1, seed=int(tag, 16) * 10_000 + n)  # new ones every run
+        write_catalogue(args.database_url, model_id, vectors, prefix)
         with context.session() as session:
             job = create_job(
                 session, JobKind.ADD_PRODUCTS, {"product_ids": [f"{prefix}0000000"]}, total=1
