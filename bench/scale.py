@@ -379,7 +379,7 @@ def updates(
         made += 1
         # Vectors of their own on every run: a reused table must not gather copies of the
         # same vectors run after run, whose ties send each add to the exact fallback
-        # (``core.neighbours``): adds took 200-330 ms after twenty runs instead of 80 ms.
+        # (``core.neighbours``): adds took 200-330 ms after two dozen runs instead of 80-100.
         seed = int(tag, 16) * 10_000 + made
         write_catalogue(url, model_id, synthetic(base, count, seed=seed), prefix)
         ids = [f"{prefix}{n:07d}" for n in range(count)]
