@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.scale import base_vectors, synthetic, write_catalogue
+from bench.scale import base_vectors, write_added
 
 
 def main() -> None:
@@ -49,13 +49,9 @@ def main() -> None:
     tag = uuid.uuid4().hex[:6]
 
     def add(n: int, profile: cProfile.Profile | None = None) -> float:
-        prefix = f"p{tag}{n:03d}-"
-        vectors = synthetic(base, 1, seed=int(tag, 16) * 10_000 + n)  # new ones every run
-        write_catalogue(args.database_url, model_id, vectors, prefix)
+        ids = write_added(args.database_url, model_id, base, 1, tag, n)
         with context.session() as session:
-            job = create_job(
-                session, JobKind.ADD_PRODUCTS, {"product_ids": [f"{prefix}0000000"]}, total=1
-            )
+            job = create_job(session, JobKind.ADD_PRODUCTS, {"product_ids": ids}, total=1)
             session.commit()
             started = time.perf_counter()
             if profile is not None:

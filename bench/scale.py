@@ -106,6 +106,20 @@ def synthetic(base: np.ndarray, count: int, seed: int = 16) -> np.ndarray:
     return out
 
 
+def write_added(
+    url: str, model_id: str, base: np.ndarray, count: int, run_tag: str, number: int
+) -> list[str]:
+    """``count`` products for the ``number``-th add of the run ``run_tag`` (hex), written as
+    ``write_catalogue`` writes them; their ids. Ids and vectors are the run's own: a reused
+    table must not gather copies of the same vectors run after run, whose ties send each add
+    to the exact fallback (``core.neighbours``): adds took 200-330 ms after two dozen runs
+    instead of 80-100 (BENCHMARKS.md, a sixth day)."""
+    prefix = f"a{run_tag}{number:04d}-"
+    seed = int(run_tag, 16) * 10_000 + number
+    write_catalogue(url, model_id, synthetic(base, count, seed=seed), prefix)
+    return [f"{prefix}{n:07d}" for n in range(count)]
+
+
 def write_catalogue(url: str, model_id: str, vectors: np.ndarray, prefix: str = "s") -> float:
     """Products ``<prefix>0000000``... and their vectors, by COPY; returns the seconds taken."""
     import psycopg
@@ -375,14 +389,8 @@ def updates(
 
     def add(count: int) -> float:
         nonlocal made
-        prefix = f"a{tag}{made:04d}-"  # a run of its own on a reused database too
+        ids = write_added(url, model_id, base, count, tag, made)
         made += 1
-        # Vectors of their own on every run: a reused table must not gather copies of the
-        # same vectors run after run, whose ties send each add to the exact fallback
-        # (``core.neighbours``): adds took 200-330 ms after two dozen runs instead of 80-100.
-        seed = int(tag, 16) * 10_000 + made
-        write_catalogue(url, model_id, synthetic(base, count, seed=seed), prefix)
-        ids = [f"{prefix}{n:07d}" for n in range(count)]
         return run(JobKind.ADD_PRODUCTS, JobStep.ADD_PRODUCTS, ids)
 
     if twins:
