@@ -122,8 +122,8 @@ def _catch_up(session: Session, space: Space, known: _Vectors) -> _Vectors | Non
     after, rows = _counter_and_count(session, space)
     if after != counter or rows != base.rows + len(new) or len(fetched.ids) != len(wanted):
         return None
-    width = known.vectors.vectors.shape[1]
-    if len(fetched.ids) and len(base.vectors.ids) and fetched.vectors.shape[1] != width:
+    width = known.vectors.width
+    if len(fetched.ids) and base.vectors.count and fetched.vectors.shape[1] != width:
         return None  # another raw dimension: the model changed under the same id
     return _Vectors(
         counter,

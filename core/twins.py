@@ -18,9 +18,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import row_buffers
 from core.models import PhotoCount, Product
-from core.vectors import VectorSet, ids_inserted
+from core.vectors import PendingIds, VectorSet
 
 
 def photo_groups(session: Session) -> list[list[str]]:
@@ -81,17 +80,20 @@ def visible(
 
 
 # The set without twins of each vector set still alive (a process keeps one or two: its
-# cache's), by the identity of that set's ids, so that a set an add grew by a few rows has its
-# own made the same way (one array copy, its ids grown, not rebuilt from every id) and list ends
-# kept along the one before follow it (``core.list_ends.ListEnds.along``) without a look-up per
-# id. The one before is let go first: at a million rows each is a 256 MB array, and an add or
-# a delete already holds two sets of them (the cached one and the one it grew or shrank).
+# cache's), by the identity of the ids that set holds, so that a set an add grew by a few rows
+# has its own grown by the same rows (not rebuilt from every id) and list ends kept along the
+# one before follow it (``core.list_ends.ListEnds.along``) without a look-up per id. The set
+# with twins then holds no array of its own: it is held as the set without twins and the
+# twins' rows (``VectorSet.hold_as``), and an add neither writes its array nor makes its list
+# of ids (``core.vectors.VectorSet``). The one before is let go first: at a million rows each
+# is a 256 MB array.
+Ids = list[str] | PendingIds
 _VISIBLE: dict[int, tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet]] = {}
 
 
 def _without_twins(vectors: VectorSet, hidden: list[str]) -> VectorSet:
     key = tuple(hidden)
-    known = _kept(vectors.ids)
+    known = _kept(vectors.held_ids)
     if known is not None and known[0]() is vectors and known[1] == key:
         return known[2]
     del known  # nothing here may keep an old set without twins alive
@@ -101,33 +103,30 @@ def _without_twins(vectors: VectorSet, hidden: list[str]) -> VectorSet:
         # shrank it): kept, each would be a fourth 256 MB array beside this one at a million.
         _VISIBLE.clear()
         found = vectors.without(hidden)
-    address = id(vectors.ids)
+    # The set with twins becomes this one and the twins' rows: no second array of every row.
+    vectors.hold_as(found, vectors.positions(hidden))
+    address = id(vectors.held_ids)
     _VISIBLE[address] = (weakref.ref(vectors, lambda _: _VISIBLE.pop(address, None)), key, found)
     return found
 
 
-def _kept(ids: list[str]) -> tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet] | None:
-    """What ``_VISIBLE`` holds for the set whose ids are ``ids`` (that very list), if alive."""
+def _kept(ids: Ids) -> tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet] | None:
+    """What ``_VISIBLE`` holds for the set that holds ``ids`` (that very object), if alive."""
     known = _VISIBLE.get(id(ids))
     owner = known[0]() if known is not None else None
-    return known if owner is not None and owner.ids is ids else None
+    return known if owner is not None and owner.held_ids is ids else None
 
 
 def _grown(vectors: VectorSet, key: tuple[str, ...]) -> VectorSet | None:
     """The set without twins of the set ``vectors`` grew from, grown by the same rows (and that
     one dropped); None when there is none kept, or the twins differ."""
-    parent, rows = vectors.parent_ids, vectors.grown_rows()
+    parent, new, rows = vectors.parent_ids, vectors.added_ids, vectors.added
     known = _kept(parent) if parent is not None else None
-    if parent is None or known is None or known[1] != key or rows is None:
+    if known is None or known[1] != key or new is None or rows is None or set(new) & set(key):
         return None
-    new = [vectors.ids[row] for row in rows]
-    if set(new) & set(key):
-        return None
-    before = known[2].ids
+    before = known[2]
     del known
-    _VISIBLE.pop(id(parent))  # its array is free for the copy below (core.row_buffers)
-    ids, at = ids_inserted(before, new)
-    keep = np.ones(len(vectors.ids), dtype=bool)
-    keep[vectors.positions(key)] = False
-    rows_kept = row_buffers.kept_rows(vectors.vectors, keep)
-    return VectorSet(ids, rows_kept, parent_ids=before, inserted_at=at)
+    _VISIBLE.pop(id(parent))
+    # The same rows into the set without twins: neither the grown set's array nor its list of
+    # ids is ever made (``core.vectors.VectorSet``).
+    return before.with_rows(new, rows)

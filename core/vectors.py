@@ -26,19 +26,156 @@ _PROJECT_ROWS = 256
 # Binary search in the sorted ids (about 1 us a look-up at a million) beats building a dict
 # of every id (about 250 ms at a million) below this share of the ids looked up.
 _BISECT_SHARE = 8
+# A set grown from a set not yet written is one insertion into the last written array, until
+# this many rows wait to be inserted (the rows themselves, 1 MB at 64-d): then it is written.
+_PENDING_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """Rows to be inserted into a written array (as ``numpy.insert(base, at, rows, axis=0)``,
+    ``at`` ascending): a grown set's array before anything has read it."""
+
+    base: np.ndarray
+    at: np.ndarray
+    rows: np.ndarray
+
+    def then(self, at: np.ndarray, rows: np.ndarray) -> Insertion:
+        """The same array with ``rows`` inserted at ``at`` (its own positions) too, still
+        unwritten: one insertion into ``base``."""
+        placed = self.at + np.arange(len(self.at))  # where numpy puts the earlier rows
+        moved = placed + np.searchsorted(at, placed, side="right")
+        placed_now = np.concatenate([moved, at + np.arange(len(at))])
+        order = np.argsort(placed_now, kind="stable")
+        every = np.concatenate([self.rows, rows])[order]
+        return Insertion(self.base, placed_now[order] - np.arange(len(order)), every)
+
+    def written(self) -> np.ndarray:
+        return row_buffers.inserted(self.base, self.at, self.rows)
+
+    def without(self, dropped: np.ndarray) -> np.ndarray | Insertion:
+        """The same without the rows at ``dropped`` (ascending positions of the written
+        array), still unwritten: ``base`` copied without its own rows among them, if any."""
+        placed = self.at + np.arange(len(self.at))
+        inserted = np.isin(dropped, placed)
+        keep_rows = np.ones(len(placed), dtype=bool)
+        keep_rows[np.searchsorted(placed, dropped[inserted])] = False
+        from_base = dropped[~inserted]
+        base = self.base
+        if len(from_base):
+            keep = np.ones(len(base), dtype=bool)
+            keep[from_base - np.searchsorted(placed, from_base)] = False
+            base = row_buffers.kept_rows(base, keep)
+        left = placed[keep_rows]
+        if not len(left):
+            return base
+        # Each row left moves back by the dropped rows before it.
+        at = left - np.searchsorted(dropped, left) - np.arange(len(left))
+        return Insertion(base, at, self.rows[keep_rows])
+
+    def rows_at(self, positions: np.ndarray) -> np.ndarray:
+        """The rows the written array would have at ``positions``, without writing it."""
+        placed = self.at + np.arange(len(self.at))
+        before = np.searchsorted(placed, positions)  # inserted rows before each position
+        inserted = np.zeros(len(positions), dtype=bool)
+        inside = before < len(placed)
+        inserted[inside] = placed[before[inside]] == positions[inside]
+        out = np.empty((len(positions), self.base.shape[1]), dtype=self.base.dtype)
+        out[inserted] = self.rows[before[inserted]]
+        out[~inserted] = self.base[positions[~inserted] - before[~inserted]]
+        return out
+
+
+@dataclass(frozen=True)
+class PendingIds:
+    """Sorted ids ``new`` (none in ``base``) to be merged into the sorted ``base``: a grown
+    set's ids before anything has read them, looked up without the list of every id."""
+
+    base: list[str]
+    new: list[str]
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.new)
+
+    def bisect(self, product_id: str) -> int:
+        """Where ``product_id`` would go in the merged ids (``bisect.bisect_left``)."""
+        return bisect.bisect_left(self.base, product_id) + bisect.bisect_left(self.new, product_id)
+
+    def position(self, product_id: str) -> int | None:
+        at = bisect.bisect_left(self.new, product_id)
+        if at < len(self.new) and self.new[at] == product_id:
+            return bisect.bisect_left(self.base, product_id) + at
+        found = position_in(self.base, product_id)
+        return None if found is None else found + at
+
+    def then(self, ids: Sequence[str]) -> PendingIds:
+        return PendingIds(self.base, sorted([*self.new, *ids]))
+
+    def written(self) -> list[str]:
+        return ids_inserted(self.base, self.new)[0]
 
 
 @dataclass(frozen=True)
 class VectorSet:
-    """Every vector of one space, ordered by product id (the tie-break order)."""
+    """Every vector of one space, ordered by product id (the tie-break order).
 
-    ids: list[str]
-    vectors: np.ndarray
-    # Set by with_rows: the ids of the set these rows were grown from (the list itself, whose
-    # identity names those rows without keeping that set's array alive), and where in it the
-    # new rows went (as for numpy.insert).
-    parent_ids: list[str] | None = field(default=None, repr=False, compare=False)
+    A set grown by :meth:`with_rows` writes its array and the list of its ids when something
+    first reads :attr:`vectors` or :attr:`ids`: a worker's cache grows its set at every add,
+    and where only a set derived from it is searched (``core.twins``: the set without twins)
+    neither that 256 MB copy nor that list of a million ids (with the old one's freeing, 15 ms
+    of an add) is ever made. Sets grown one from another stay one insertion into the last
+    written array and list. Look-ups (:meth:`position`) never need the list."""
+
+    held_ids: list[str] | PendingIds
+    stored: np.ndarray | Insertion
+    # Set by with_rows: the ids of the set these rows were grown from (what that set held:
+    # the list, or its pending ids; the object's identity names those rows without keeping
+    # that set's array alive), where in it the new rows went (as for numpy.insert), and the
+    # ids and rows added.
+    parent_ids: list[str] | PendingIds | None = field(default=None, repr=False, compare=False)
     inserted_at: np.ndarray | None = field(default=None, repr=False, compare=False)
+    added_ids: list[str] | None = field(default=None, repr=False, compare=False)
+    added: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ids(self) -> list[str]:
+        """Every product id, in order (the list made now if it is not yet)."""
+        held = self.held_ids
+        if isinstance(held, PendingIds):
+            held = held.written()
+            object.__setattr__(self, "held_ids", held)
+        return held
+
+    @property
+    def count(self) -> int:
+        """How many rows, without making the list of ids."""
+        return len(self.held_ids)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The (rows, width) array, written now if it is not yet."""
+        stored = self.stored
+        if isinstance(stored, Insertion):
+            stored = stored.written()
+            # Frozen for its users; the insertion (and the array it holds) is let go.
+            object.__setattr__(self, "stored", stored)
+        return stored
+
+    def hold_as(self, kept: VectorSet, dropped: np.ndarray) -> None:
+        """Hold this set's array as ``kept``'s (this set without the rows at ``dropped``,
+        ascending) with those rows to be inserted: the same rows, and the array this set held
+        let go. A worker's cached set, once its set without twins is made, then holds no array
+        of its own beside that one (``core.twins``)."""
+        stored = self.stored
+        rows = stored.rows_at(dropped) if isinstance(stored, Insertion) else stored[dropped]
+        at = dropped - np.arange(len(dropped))
+        object.__setattr__(self, "stored", Insertion(kept.vectors, at, rows))
+
+    @property
+    def width(self) -> int:
+        """The width of each row, without writing the array."""
+        stored = self.stored
+        return int((stored.base if isinstance(stored, Insertion) else stored).shape[1])
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
@@ -47,7 +184,10 @@ class VectorSet:
 
     def position(self, product_id: str) -> int | None:
         """Where ``product_id`` is, or None when it has no vector here."""
-        return position_in(self.ids, product_id)
+        held = self.held_ids
+        if isinstance(held, PendingIds):
+            return held.position(product_id)
+        return position_in(held, product_id)
 
     def grown_rows(self) -> np.ndarray | None:
         """Where the rows this set was grown by (``with_rows``) are in it; None: not grown."""
@@ -58,7 +198,7 @@ class VectorSet:
         """How to find a product's position (None: absent) for about ``lookups`` look-ups:
         the dict of every id when it is built already or they are many, else binary search
         (an add's few hundred look-ups in a million ids must not build the dict)."""
-        if "index" in self.__dict__ or lookups * _BISECT_SHARE > len(self.ids):
+        if "index" in self.__dict__ or lookups * _BISECT_SHARE > self.count:
             return self.index.get
         return self.position
 
@@ -87,19 +227,36 @@ class VectorSet:
         keep = np.ones(len(self.ids), dtype=bool)
         keep[drop] = False
         ids = [pid for pid, kept in zip(self.ids, keep.tolist(), strict=True) if kept]
+        if isinstance(self.stored, Insertion):
+            # Not written first: at most its base is copied (not at all when only inserted
+            # rows go, as a set with twins held as the set without them loses its twins).
+            return VectorSet(ids, self.stored.without(drop))
         return VectorSet(ids, row_buffers.kept_rows(self.vectors, keep))
 
     def with_rows(self, ids: Sequence[str], vectors: np.ndarray) -> VectorSet:
-        """A new set with rows for ``ids`` (sorted, none already here) added in order."""
+        """A new set with rows for ``ids`` (sorted, none already here) added in order; its
+        array and its list of ids are made when first read."""
         if not ids:
             return self
-        merged, at = ids_inserted(self.ids, ids)
-        base = self.vectors if len(self.ids) else np.zeros((0, vectors.shape[1]), vectors.dtype)
+        if isinstance(self.stored, Insertion) and len(self.stored.rows) >= _PENDING_MAX:
+            # Written now (the same list of ids then names these rows): a fresh insertion.
+            return VectorSet(self.ids, self.vectors).with_rows(ids, vectors)
+        held, stored = self.held_ids, self.stored
+        if isinstance(held, PendingIds):
+            at = np.array([held.bisect(pid) for pid in ids], dtype=np.int64)
+            grown_ids = held.then(ids)
+        else:
+            at = np.array([bisect.bisect_left(held, pid) for pid in ids], dtype=np.int64)
+            grown_ids = PendingIds(held, list(ids))
+        if not self.count:
+            stored = np.zeros((0, vectors.shape[1]), vectors.dtype)
+        base = stored.base if isinstance(stored, Insertion) else stored
+        rows = vectors.astype(base.dtype)
+        grown = (
+            stored.then(at, rows) if isinstance(stored, Insertion) else Insertion(stored, at, rows)
+        )
         return VectorSet(
-            merged,
-            row_buffers.inserted(base, at, vectors.astype(base.dtype)),
-            parent_ids=self.ids,
-            inserted_at=at,
+            grown_ids, grown, parent_ids=held, inserted_at=at, added_ids=list(ids), added=rows
         )
 
 

@@ -436,12 +436,80 @@ def test_projecting_a_row_alone_gives_the_bits_of_a_full_projection() -> None:
 def test_vector_set_grows_in_id_order() -> None:
     base = VectorSet(["b", "d"], np.array([[2.0], [4.0]], dtype=np.float32))
     grown = base.with_rows(["a", "c", "e"], np.array([[1.0], [3.0], [5.0]], dtype=np.float32))
-    assert grown.ids == ["a", "b", "c", "d", "e"]
+    # Looked up before its list of ids is made, then after.
+    for _ in range(2):
+        assert grown.count == 5
+        assert grown.position("c") == 2 and grown.position("z") is None
+        assert [grown.position(pid) for pid in "abcde"] == [0, 1, 2, 3, 4]
+        assert grown.positions(["e", "a"]).tolist() == [4, 0]
+        assert grown.positions_found(["z", "d"]).tolist() == [3]
+        assert grown.ids == ["a", "b", "c", "d", "e"]
     assert grown.vectors[:, 0].tolist() == [1, 2, 3, 4, 5]
     assert grown.parent_ids is base.ids and grown.inserted_at is not None
-    assert grown.position("c") == 2 and grown.position("z") is None
-    assert grown.positions(["e", "a"]).tolist() == [4, 0]
-    assert grown.positions_found(["z", "d"]).tolist() == [3]
+    again = grown.with_rows(["bb", "f"], np.array([[2.5], [6.0]], dtype=np.float32))
+    assert again.parent_ids is grown.ids and again.position("f") == 6
+
+
+def test_a_grown_set_writes_its_array_once_read_as_numpy_inserts_it() -> None:
+    # Sets grown one from another stay one insertion into the last written array, written
+    # only when read: the rows numpy.insert would give, grown one add at a time.
+    rng = np.random.default_rng(4)
+    ids = [f"p{n:03d}" for n in range(0, 200, 2)]
+    written = rng.normal(size=(len(ids), 3)).astype(np.float32)
+    current = VectorSet(ids, written)
+    expected, expected_ids = written, ids
+    # Into gaps, at both ends, two into one gap, and right before and after rows of an earlier
+    # add ("p0045" sorts just before "p005").
+    adds = [["p005"], ["p0045", "p0051"], ["a", "p101", "p103", "z"], ["p0044"], ["p00451"]]
+    for new_ids in adds:
+        rows = rng.normal(size=(len(new_ids), 3))  # float64: stored as the set's float32
+        at = np.searchsorted(expected_ids, new_ids)
+        expected_ids = sorted([*expected_ids, *new_ids])
+        expected = np.insert(expected, at, rows.astype(np.float32), axis=0)
+        current = current.with_rows(new_ids, rows)
+        assert current.stored.base is written  # type: ignore[union-attr]
+        assert [current.position(pid) for pid in new_ids] == (at + np.arange(len(at))).tolist()
+        assert current.width == 3 and current.added is not None
+        assert len(current.added) == len(new_ids)
+    assert current.held_ids.base is ids  # type: ignore[union-attr]
+    every = np.arange(len(expected))
+    # Rows dropped before it is written: only inserted ones (its base kept as it is), only
+    # the base's, both, and every inserted one.
+    inserted_ids = [pid for pid in expected_ids if pid not in ids]
+    for gone in (inserted_ids[:3], ["p000", "p198"], ["a", "p050", "p0045", "z"], inserted_ids):
+        shrunk = current.without(gone)
+        drop = [expected_ids.index(pid) for pid in gone]
+        np.testing.assert_array_equal(shrunk.vectors, np.delete(expected, drop, axis=0))
+        assert shrunk.ids == [pid for pid in expected_ids if pid not in gone]
+    assert current.without(inserted_ids[:3]).stored.base is written  # type: ignore[union-attr]
+    assert current.without(inserted_ids).stored is written
+    np.testing.assert_array_equal(current.stored.rows_at(every), expected)  # type: ignore[union-attr]
+    # Held as the set without some rows plus those rows: the same rows, another array.
+    dropped = np.array([0, 5, 6, len(expected) - 1])
+    kept = current.without([expected_ids[n] for n in dropped])
+    current.hold_as(kept, dropped)
+    assert current.stored.base is kept.vectors  # type: ignore[union-attr]
+    np.testing.assert_array_equal(current.stored.rows_at(every), expected)  # type: ignore[union-attr]
+    assert current.ids == expected_ids
+    np.testing.assert_array_equal(current.vectors, expected)
+    assert current.vectors is current.stored  # written once, the insertion let go
+
+
+def test_a_set_grown_many_times_is_written_every_so_many_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("core.vectors._PENDING_MAX", 3)
+    current = VectorSet(["m"], np.array([[0.0]], dtype=np.float32))
+    bases = []
+    for n, pid in enumerate(["c", "x", "a", "n", "b", "z", "d"], start=1):
+        parent = current
+        current = current.with_rows([pid], np.array([[float(n)]], dtype=np.float32))
+        assert current.parent_ids is parent.held_ids
+        bases.append(current.stored.base)  # type: ignore[union-attr]
+    # The first array, then one written after 3 rows and one after 6.
+    assert len({id(base) for base in bases}) == 3
+    assert current.ids == sorted("mcxanbzd")
+    assert current.vectors[:, 0].tolist() == [3, 5, 1, 7, 0, 4, 2, 6]
 
 
 def test_vector_counts_follow_inserts_updates_and_deletes(db_session: Session) -> None:

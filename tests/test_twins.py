@@ -27,6 +27,7 @@ from core.models import Neighbour
 from core.neighbour_updates import delete_products, rebuild_lists, update_lists
 from core.products import sync_products
 from core.spaces import Space, load_space_vectors
+from core.vectors import PendingIds
 from migrations import upgrade
 from tests.conftest import in_process_context
 from tests.test_indexing import (
@@ -221,22 +222,34 @@ def test_adds_grow_the_set_without_twins_rather_than_rebuild_it(
         monkeypatch.setattr("core.list_ends.ListEnds.as_dict", from_every_id)
         before = weakref.ref(first)
         del first
-        at_copy: list[object] = []
-        copy_rows = row_buffers.kept_rows
+        at_copy: list[tuple[str, object]] = []
+        copy_rows, insert_rows = row_buffers.kept_rows, row_buffers.inserted
 
         def kept_rows(base: np.ndarray, keep: np.ndarray) -> np.ndarray:
-            at_copy.append(before())  # the set without twins of before the add, if alive
+            at_copy.append(("kept", before()))  # the set without twins of before, if alive
             return copy_rows(base, keep)
 
+        def inserted(base: np.ndarray, at: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            at_copy.append(("inserted", before()))
+            return insert_rows(base, at, rows)
+
         monkeypatch.setattr(row_buffers, "kept_rows", kept_rows)
+        monkeypatch.setattr(row_buffers, "inserted", inserted)
         for part in (items[10:15], items[15:]):
             _add(session, pixel_encoder, part)
             session.commit()
             assert update_lists(session, space, cache, K, 4) >= len(part)
             session.commit()
-            # The set without twins of before the add was let go before the new one was
-            # written, not kept beside it.
-            assert at_copy == [None] and before() is None
+            # One array written: the grown set without twins (the cached set grown by the add
+            # is never written); the one before was let go before it, not kept beside it.
+            assert at_copy == [("inserted", None)] and before() is None
+            # Nor is the list of the cached set's ids: it is looked up where it is pending;
+            # and its rows are those of the set without twins and the twins' own.
+            cached = cache.vectors(session, space)
+            assert isinstance(cached.held_ids, PendingIds)
+            without = twins.visible(session, cached)[0]
+            assert cached.stored.base is without.vectors  # type: ignore[union-attr]
+            del cached, without
             at_copy.clear()
             before = weakref.ref(twins.visible(session, cache.vectors(session, space))[0])
         grown = twins.visible(session, cache.vectors(session, space))[0]
@@ -246,14 +259,18 @@ def test_adds_grow_the_set_without_twins_rather_than_rebuild_it(
         assert _table(session) == _expected(session, space)
         assert "p07" not in _listed(session)
 
-        # A delete shrinks the cached set (one copy), then makes the set without twins again
-        # from the shrunk one (a second): the one before is let go before that second copy.
+        # A delete copies the set without twins without the product (the one array written:
+        # the cached set is held as that one and the twins' rows, so it shrinks with it, and
+        # the new set without twins is that copy); then the one before is let go.
         before = weakref.ref(grown)
         del grown
         at_copy.clear()
         monkeypatch.setattr(row_buffers, "kept_rows", kept_rows)
+        monkeypatch.setattr(row_buffers, "inserted", inserted)
         delete_products(session, ["p12"], space, cache, K, 4)
         session.commit()
-        assert len(at_copy) == 2 and at_copy[-1] is None
+        assert [kind for kind, _ in at_copy] == ["kept"] and before() is None
+        cached = cache.vectors(session, space)
+        assert cached.stored.base is twins.visible(session, cached)[0].vectors  # type: ignore[union-attr]
         monkeypatch.undo()
         assert _table(session) == _expected(session, space)
