@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from core.db import IN_CHUNK, read_rows
 from core.models import ListWrite, Neighbour
+from core.pending import Ids, PendingIds, position_of
 from core.spaces import Space
-from core.vectors import VectorSet, position_in
+from core.vectors import VectorSet
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,15 @@ class ListEnds:
     """The products that have a list in a space, each with its list's last score: what a newcomer
     must come close to to enter it (-inf when the list is shorter than k: anyone enters).
 
-    Kept as arrays along rows named by ``ids`` (a set's, so that an add does not look up every
-    product; the list, not the set, so that its vectors are not kept alive by these), plus
+    Kept as arrays along rows named by ``ids`` (what a set holds, its list or its pending ids,
+    so that an add does not look up every product; not the set, so that its vectors are not
+    kept alive by these), plus
     ``elsewhere``, the lists of products with no row there. :meth:`along` moves them onto
     another set of rows: cheaply onto one grown from theirs, by a look-up per product otherwise.
     """
 
     k: int
-    ids: list[str] | None
+    ids: Ids | None
     listed: np.ndarray  # bool per row of ``ids``
     floors: np.ndarray  # float32 per row: -inf when the list is short or there is none
     elsewhere: Mapping[str, float]
@@ -46,15 +48,15 @@ class ListEnds:
 
     def along(self, vectors: VectorSet) -> ListEnds:
         """The same ends along the rows of ``vectors``."""
-        if vectors.ids is self.ids:
+        if vectors.held_ids is self.ids:
             return self
         at = vectors.inserted_at
         if self.ids is not None and at is not None and vectors.parent_ids is self.ids:
             listed = np.insert(self.listed, at, False)
             floors = np.insert(self.floors, at, np.float32(-np.inf))
-            return replace(self, ids=vectors.ids, listed=listed, floors=floors, elsewhere={})._with(
-                self.elsewhere, ()
-            )
+            return replace(
+                self, ids=vectors.held_ids, listed=listed, floors=floors, elsewhere={}
+            )._with(self.elsewhere, ())
         every = self.as_dict()
         get = every.get
         scores = np.fromiter(map(get, vectors.ids, itertools.repeat(np.nan)), np.float64)
@@ -65,7 +67,7 @@ class ListEnds:
             elsewhere = {pid: every[pid] for pid in every.keys() - set(vectors.ids)}
         return replace(
             self,
-            ids=vectors.ids,
+            ids=vectors.held_ids,
             listed=listed,
             floors=scores.astype(np.float32),
             elsewhere=elsewhere,
@@ -75,7 +77,7 @@ class ListEnds:
         every = dict(self.elsewhere)
         if self.ids is not None:
             rows = np.flatnonzero(self.listed)
-            ids = self.ids
+            ids = self.ids.listed if isinstance(self.ids, PendingIds) else self.ids
             every.update(zip([ids[row] for row in rows], self.floors[rows].tolist(), strict=True))
         return every
 
@@ -88,16 +90,16 @@ class ListEnds:
     def _with(self, floors: Mapping[str, float], removed: Iterable[str]) -> ListEnds:
         # Only on arrays this object owns (fresh copies).
         elsewhere = dict(self.elsewhere)
-        ids = self.ids or []
+        ids: Ids = [] if self.ids is None else self.ids
         for pid in removed:
-            at = position_in(ids, pid)
+            at = position_of(ids, pid)
             if at is None:
                 elsewhere.pop(pid, None)
             else:
                 self.listed[at] = False
                 self.floors[at] = -np.inf
         for pid, floor in floors.items():
-            at = position_in(ids, pid)
+            at = position_of(ids, pid)
             if at is None:
                 elsewhere[pid] = floor
             else:

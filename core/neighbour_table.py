@@ -209,7 +209,7 @@ def _write_entries(
         columns = {
             "product_ids": [product_ids[row] for row in rows.tolist()],
             "ranks": (ranks + 1).tolist(),
-            "neighbour_ids": [vectors.ids[pos] for pos in lists.positions[entries].tolist()],
+            "neighbour_ids": vectors.ids_at(lists.positions[entries]),
             "scores": lists.scores[entries].astype(np.float64).tolist(),
         }
         for start in range(0, len(rows), _WRITE_ROWS):

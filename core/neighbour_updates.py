@@ -77,7 +77,7 @@ def rebuild_lists(
     after = log_list_writes(session, before, changed_ids + orphans)
     analyse_lists(session)
     listed = fresh.positions[:, 0] != NO_NEIGHBOUR
-    ends = ListEnds(k, vectors.ids, listed, fresh.scores[:, k - 1].copy(), {})
+    ends = ListEnds(k, vectors.held_ids, listed, fresh.scores[:, k - 1].copy(), {})
     reader.keep_list_ends(session, space, ends, after)
     return len(changed_ids) + len(orphans)
 
@@ -153,15 +153,14 @@ def update_lists(
     plan = _plan(vectors, ends, stale, repair, groups, k)
     delete_lists(session, plan.gone)
 
-    ids = vectors.ids
-    touched_ids = [ids[pos] for pos in plan.touched]
+    touched_ids = vectors.ids_at(plan.touched)
     current, untidy = read_lists(session, vectors, touched_ids, space, k)
     updated, _ = add_to_lists(
         vectors.vectors, current, plan.touched, plan.new, k, block_size, False, groups
     )
     rows = changed_rows(current, updated)
     redo = np.flatnonzero(plan.recompute)
-    redo_ids = [ids[pos] for pos in redo]
+    redo_ids = vectors.ids_at(redo)
     fresh = _fresh_lists(vectors.vectors, redo, plan, k, block_size, groups)
     stored, untidy_redo = read_lists(session, vectors, redo_ids, space, k)
 
@@ -195,9 +194,8 @@ def _plan(
     groups: np.ndarray | None,
     k: int,
 ) -> _Plan:
-    ids = vectors.ids
     stale_here = vectors.positions_found(stale)
-    gone = set(ends.elsewhere) | {ids[pos] for pos in stale_here[ends.listed[stale_here]]}
+    gone = set(ends.elsewhere) | set(vectors.ids_at(stale_here[ends.listed[stale_here]]))
     is_new = ~ends.listed
     is_new[stale_here] = True
     recompute = is_new.copy()

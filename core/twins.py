@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import PhotoCount, Product
-from core.vectors import PendingIds, VectorSet
+from core.pending import Ids
+from core.vectors import VectorSet
 
 
 def photo_groups(session: Session) -> list[list[str]]:
@@ -87,7 +88,6 @@ def visible(
 # twins' rows (``VectorSet.hold_as``), and an add neither writes its array nor makes its list
 # of ids (``core.vectors.VectorSet``). The one before is let go first: at a million rows each
 # is a 256 MB array.
-Ids = list[str] | PendingIds
 _VISIBLE: dict[int, tuple[weakref.ref[VectorSet], tuple[str, ...], VectorSet]] = {}
 
 

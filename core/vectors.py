@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from core import row_buffers
 from core.db import in_chunks, keyset_pages, read_rows
 from core.models import Embedding, Product
+from core.pending import Ids, Insertion, PendingIds, position_of
 from core.projection import Projection
 
 # Rows are projected in blocks of exactly this many (the last one padded), so that a row's
@@ -32,119 +33,41 @@ _PENDING_MAX = 4096
 
 
 @dataclass(frozen=True)
-class Insertion:
-    """Rows to be inserted into a written array (as ``numpy.insert(base, at, rows, axis=0)``,
-    ``at`` ascending): a grown set's array before anything has read it."""
-
-    base: np.ndarray
-    at: np.ndarray
-    rows: np.ndarray
-
-    def then(self, at: np.ndarray, rows: np.ndarray) -> Insertion:
-        """The same array with ``rows`` inserted at ``at`` (its own positions) too, still
-        unwritten: one insertion into ``base``."""
-        placed = self.at + np.arange(len(self.at))  # where numpy puts the earlier rows
-        moved = placed + np.searchsorted(at, placed, side="right")
-        placed_now = np.concatenate([moved, at + np.arange(len(at))])
-        order = np.argsort(placed_now, kind="stable")
-        every = np.concatenate([self.rows, rows])[order]
-        return Insertion(self.base, placed_now[order] - np.arange(len(order)), every)
-
-    def written(self) -> np.ndarray:
-        return row_buffers.inserted(self.base, self.at, self.rows)
-
-    def without(self, dropped: np.ndarray) -> np.ndarray | Insertion:
-        """The same without the rows at ``dropped`` (ascending positions of the written
-        array), still unwritten: ``base`` copied without its own rows among them, if any."""
-        placed = self.at + np.arange(len(self.at))
-        inserted = np.isin(dropped, placed)
-        keep_rows = np.ones(len(placed), dtype=bool)
-        keep_rows[np.searchsorted(placed, dropped[inserted])] = False
-        from_base = dropped[~inserted]
-        base = self.base
-        if len(from_base):
-            keep = np.ones(len(base), dtype=bool)
-            keep[from_base - np.searchsorted(placed, from_base)] = False
-            base = row_buffers.kept_rows(base, keep)
-        left = placed[keep_rows]
-        if not len(left):
-            return base
-        # Each row left moves back by the dropped rows before it.
-        at = left - np.searchsorted(dropped, left) - np.arange(len(left))
-        return Insertion(base, at, self.rows[keep_rows])
-
-    def rows_at(self, positions: np.ndarray) -> np.ndarray:
-        """The rows the written array would have at ``positions``, without writing it."""
-        placed = self.at + np.arange(len(self.at))
-        before = np.searchsorted(placed, positions)  # inserted rows before each position
-        inserted = np.zeros(len(positions), dtype=bool)
-        inside = before < len(placed)
-        inserted[inside] = placed[before[inside]] == positions[inside]
-        out = np.empty((len(positions), self.base.shape[1]), dtype=self.base.dtype)
-        out[inserted] = self.rows[before[inserted]]
-        out[~inserted] = self.base[positions[~inserted] - before[~inserted]]
-        return out
-
-
-@dataclass(frozen=True)
-class PendingIds:
-    """Sorted ids ``new`` (none in ``base``) to be merged into the sorted ``base``: a grown
-    set's ids before anything has read them, looked up without the list of every id."""
-
-    base: list[str]
-    new: list[str]
-
-    def __len__(self) -> int:
-        return len(self.base) + len(self.new)
-
-    def bisect(self, product_id: str) -> int:
-        """Where ``product_id`` would go in the merged ids (``bisect.bisect_left``)."""
-        return bisect.bisect_left(self.base, product_id) + bisect.bisect_left(self.new, product_id)
-
-    def position(self, product_id: str) -> int | None:
-        at = bisect.bisect_left(self.new, product_id)
-        if at < len(self.new) and self.new[at] == product_id:
-            return bisect.bisect_left(self.base, product_id) + at
-        found = position_in(self.base, product_id)
-        return None if found is None else found + at
-
-    def then(self, ids: Sequence[str]) -> PendingIds:
-        return PendingIds(self.base, sorted([*self.new, *ids]))
-
-    def written(self) -> list[str]:
-        return ids_inserted(self.base, self.new)[0]
-
-
-@dataclass(frozen=True)
 class VectorSet:
     """Every vector of one space, ordered by product id (the tie-break order).
 
-    A set grown by :meth:`with_rows` writes its array and the list of its ids when something
-    first reads :attr:`vectors` or :attr:`ids`: a worker's cache grows its set at every add,
-    and where only a set derived from it is searched (``core.twins``: the set without twins)
-    neither that 256 MB copy nor that list of a million ids (with the old one's freeing, 15 ms
-    of an add) is ever made. Sets grown one from another stay one insertion into the last
-    written array and list. Look-ups (:meth:`position`) never need the list."""
+    A set grown by :meth:`with_rows` writes its array when something first reads
+    :attr:`vectors`, and makes the list of its ids only when something reads :attr:`ids`
+    whole: a worker's cache grows its set at every add, and where only a set derived from it
+    is searched (``core.twins``: the set without twins) that 256 MB copy is never made; an add
+    looks ids up (:meth:`position`, :meth:`ids_at`) and never makes a list of a million ids (8
+    ms, and 7 more to free the one before). Sets grown one from another stay one insertion
+    into the last written array and list, until ``_PENDING_MAX`` rows wait."""
 
-    held_ids: list[str] | PendingIds
+    held_ids: Ids
     stored: np.ndarray | Insertion
     # Set by with_rows: the ids of the set these rows were grown from (what that set held:
     # the list, or its pending ids; the object's identity names those rows without keeping
     # that set's array alive), where in it the new rows went (as for numpy.insert), and the
     # ids and rows added.
-    parent_ids: list[str] | PendingIds | None = field(default=None, repr=False, compare=False)
+    parent_ids: Ids | None = field(default=None, repr=False, compare=False)
     inserted_at: np.ndarray | None = field(default=None, repr=False, compare=False)
     added_ids: list[str] | None = field(default=None, repr=False, compare=False)
     added: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ids(self) -> list[str]:
-        """Every product id, in order (the list made now if it is not yet)."""
+        """Every product id, in order, as one list (made now if it is not yet: prefer
+        :meth:`ids_at` and :meth:`position` for a few)."""
         held = self.held_ids
-        if isinstance(held, PendingIds):
-            held = held.written()
-            object.__setattr__(self, "held_ids", held)
-        return held
+        return held.listed if isinstance(held, PendingIds) else held
+
+    def ids_at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        """The product ids at ``positions``: without making the list of every id for a few
+        (an add's), through it for many."""
+        wanted = positions.tolist() if isinstance(positions, np.ndarray) else list(positions)
+        held = self.ids if len(wanted) * _BISECT_SHARE > self.count else self.held_ids
+        return [held[pos] for pos in wanted]
 
     @property
     def count(self) -> int:
@@ -184,10 +107,7 @@ class VectorSet:
 
     def position(self, product_id: str) -> int | None:
         """Where ``product_id`` is, or None when it has no vector here."""
-        held = self.held_ids
-        if isinstance(held, PendingIds):
-            return held.position(product_id)
-        return position_in(held, product_id)
+        return position_of(self.held_ids, product_id)
 
     def grown_rows(self) -> np.ndarray | None:
         """Where the rows this set was grown by (``with_rows``) are in it; None: not grown."""
@@ -235,46 +155,34 @@ class VectorSet:
 
     def with_rows(self, ids: Sequence[str], vectors: np.ndarray) -> VectorSet:
         """A new set with rows for ``ids`` (sorted, none already here) added in order; its
-        array and its list of ids are made when first read."""
+        array is written when first read, its list of ids made when first read whole."""
         if not ids:
             return self
-        if isinstance(self.stored, Insertion) and len(self.stored.rows) >= _PENDING_MAX:
-            # Written now (the same list of ids then names these rows): a fresh insertion.
-            return VectorSet(self.ids, self.vectors).with_rows(ids, vectors)
         held, stored = self.held_ids, self.stored
-        if isinstance(held, PendingIds):
-            at = np.array([held.bisect(pid) for pid in ids], dtype=np.int64)
-            grown_ids = held.then(ids)
+        # Past _PENDING_MAX waiting rows or ids, written now: the next insertion or merge
+        # starts afresh (this set's held ids still name its rows).
+        if isinstance(stored, Insertion) and len(stored.rows) >= _PENDING_MAX:
+            stored = self.vectors
+        merged: Ids = held
+        if isinstance(held, PendingIds) and len(held.new) >= _PENDING_MAX:
+            merged = held.listed
+        if isinstance(merged, PendingIds):
+            at = np.array([merged.bisect(pid) for pid in ids], dtype=np.int64)
+            grown_ids = merged.then(ids)
         else:
-            at = np.array([bisect.bisect_left(held, pid) for pid in ids], dtype=np.int64)
-            grown_ids = PendingIds(held, list(ids))
+            at = np.array([bisect.bisect_left(merged, pid) for pid in ids], dtype=np.int64)
+            grown_ids = PendingIds(merged, list(ids))
         if not self.count:
             stored = np.zeros((0, vectors.shape[1]), vectors.dtype)
         base = stored.base if isinstance(stored, Insertion) else stored
         rows = vectors.astype(base.dtype)
-        grown = (
-            stored.then(at, rows) if isinstance(stored, Insertion) else Insertion(stored, at, rows)
-        )
+        if isinstance(stored, Insertion):
+            grown = stored.then(at, rows)
+        else:
+            grown = Insertion(stored, at, rows)
         return VectorSet(
             grown_ids, grown, parent_ids=held, inserted_at=at, added_ids=list(ids), added=rows
         )
-
-
-def position_in(ids: Sequence[str], product_id: str) -> int | None:
-    """Where ``product_id`` is in the sorted ``ids``, or None when it is not there."""
-    at = bisect.bisect_left(ids, product_id)
-    return at if at < len(ids) and ids[at] == product_id else None
-
-
-def ids_inserted(ids: list[str], new: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """The sorted ``ids`` with ``new`` (sorted, none already there) inserted, and where each
-    went in ``ids`` (as for numpy.insert)."""
-    at = [bisect.bisect_left(ids, pid) for pid in new]
-    merged = list(ids)
-    # Right to left, so that earlier positions stay valid; equal positions keep id order.
-    for pos, pid in zip(reversed(at), reversed(new), strict=True):
-        merged.insert(pos, pid)
-    return merged, np.array(at, dtype=np.int64)
 
 
 def project(projection: Projection, vectors: np.ndarray) -> np.ndarray:

@@ -443,11 +443,13 @@ def test_vector_set_grows_in_id_order() -> None:
         assert [grown.position(pid) for pid in "abcde"] == [0, 1, 2, 3, 4]
         assert grown.positions(["e", "a"]).tolist() == [4, 0]
         assert grown.positions_found(["z", "d"]).tolist() == [3]
+        assert grown.ids_at(np.array([4, 0, 2, 1])) == ["e", "a", "c", "b"]
         assert grown.ids == ["a", "b", "c", "d", "e"]
     assert grown.vectors[:, 0].tolist() == [1, 2, 3, 4, 5]
     assert grown.parent_ids is base.ids and grown.inserted_at is not None
     again = grown.with_rows(["bb", "f"], np.array([[2.5], [6.0]], dtype=np.float32))
-    assert again.parent_ids is grown.ids and again.position("f") == 6
+    assert again.parent_ids is grown.held_ids and again.position("f") == 6
+    assert again.ids_at([0, 2, 6]) == ["a", "bb", "f"]
 
 
 def test_a_grown_set_writes_its_array_once_read_as_numpy_inserts_it() -> None:
