@@ -15,8 +15,11 @@ import numpy as np
 
 from core import row_buffers
 
+# Up to this many ids are inserted into a copy of a list one by one, more merged in one pass.
+_INSERTS_MAX = 16
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Insertion:
     """Rows to be inserted into a written array (as ``numpy.insert(base, at, rows, axis=0)``,
     ``at`` ascending): a grown set's array before anything has read it."""
@@ -71,7 +74,7 @@ class Insertion:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PendingIds:
     """Sorted ids ``new`` (none in ``base``) to be merged into the sorted ``base``: a grown
     set's ids, looked up and indexed without the list of every id, which is made (and kept
@@ -140,8 +143,19 @@ def ids_inserted(ids: list[str], new: Sequence[str]) -> tuple[list[str], np.ndar
     """The sorted ``ids`` with ``new`` (sorted, none already there) inserted, and where each
     went in ``ids`` (as for numpy.insert)."""
     at = [bisect.bisect_left(ids, pid) for pid in new]
-    merged = list(ids)
-    # Right to left, so that earlier positions stay valid; equal positions keep id order.
-    for pos, pid in zip(reversed(at), reversed(new), strict=True):
-        merged.insert(pos, pid)
+    if len(new) <= _INSERTS_MAX:
+        merged = list(ids)
+        # Right to left, so that earlier positions stay valid; equal positions keep id order.
+        for pos, pid in zip(reversed(at), reversed(new), strict=True):
+            merged.insert(pos, pid)
+    else:
+        # Each insert moves the rest of the list: many (a set's ids written after thousands
+        # of adds) are merged in one pass instead.
+        merged = []
+        start = 0
+        for pos, pid in zip(at, new, strict=True):
+            merged.extend(ids[start:pos])
+            merged.append(pid)
+            start = pos
+        merged.extend(ids[start:])
     return merged, np.array(at, dtype=np.int64)

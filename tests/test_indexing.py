@@ -514,6 +514,18 @@ def test_a_set_grown_many_times_is_written_every_so_many_rows(
     assert current.vectors[:, 0].tolist() == [3, 5, 1, 7, 0, 4, 2, 6]
 
 
+def test_ids_are_merged_as_numpy_inserts_them_few_or_many() -> None:
+    from core.pending import PendingIds, ids_inserted
+
+    ids = [f"p{n:03d}" for n in range(0, 300, 3)]
+    for new in (["a"], ["p001", "p002", "z"], sorted(f"p{n:03d}" for n in range(1, 300, 7))):
+        merged, at = ids_inserted(ids, new)
+        assert merged == sorted([*ids, *new])
+        assert at.tolist() == np.searchsorted(ids, new).tolist()
+        pending = PendingIds(ids, new)
+        assert [pending[n] for n in range(len(merged))] == merged == pending.listed
+
+
 def test_vector_counts_follow_inserts_updates_and_deletes(db_session: Session) -> None:
     """The counts the triggers keep (what a worker's cache checks its rows against) equal a
     GROUP BY of the embeddings, after bulk and single inserts, an upsert, a vector rewritten,
