@@ -363,19 +363,17 @@ def _nearest_products(
     context: Context, session: Session, space: Space, query: Any
 ) -> list[dict[str, Any]]:
     vectors, _, _ = twins.visible(session, context.spaces.vectors(session, space))
-    if not vectors.ids:
+    if not vectors.count:
         return []
     s = context.settings
     found = search(vectors.vectors, query, s.neighbours, s.block_size)
-    ids = [vectors.ids[pos] for pos in found.positions[0] if pos != NO_NEIGHBOUR]
+    held = found.positions[0] != NO_NEIGHBOUR
+    ids = vectors.ids_at(found.positions[0][held])
     products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(ids)))}
     hits: list[dict[str, Any]] = []
-    for rank, (pos, score) in enumerate(
-        zip(found.positions[0], found.scores[0], strict=True), start=1
-    ):
-        if pos == NO_NEIGHBOUR:
-            continue
-        product = products[vectors.ids[pos]]
+    ranked = zip((np.flatnonzero(held) + 1).tolist(), ids, found.scores[0][held], strict=True)
+    for rank, product_id, score in ranked:
+        product = products[product_id]
         hits.append(
             {
                 # The service's own fields last: metadata can never shadow them.
