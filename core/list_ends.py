@@ -29,9 +29,9 @@ class ListEnds:
 
     Kept as arrays along rows named by ``ids`` (what a set holds, its list or its pending ids,
     so that an add does not look up every product; not the set, so that its vectors are not
-    kept alive by these), plus
-    ``elsewhere``, the lists of products with no row there. :meth:`along` moves them onto
-    another set of rows: cheaply onto one grown from theirs, by a look-up per product otherwise.
+    kept alive by these), plus ``elsewhere``, the lists of products with no row there.
+    :meth:`along` moves them onto another set of rows: cheaply onto one grown from theirs, by
+    a look-up per product otherwise.
     """
 
     k: int
