@@ -28,10 +28,20 @@ class Insertion:
     at: np.ndarray
     rows: np.ndarray
 
+    @classmethod
+    def into(cls, base: np.ndarray) -> Insertion:
+        """Nothing yet to insert into ``base``."""
+        return cls(base, np.zeros(0, dtype=np.int64), np.zeros((0, base.shape[1]), base.dtype))
+
+    @functools.cached_property
+    def placed(self) -> np.ndarray:
+        """Where each inserted row is in the written array (as numpy.insert puts it)."""
+        return self.at + np.arange(len(self.at))
+
     def then(self, at: np.ndarray, rows: np.ndarray) -> Insertion:
         """The same array with ``rows`` inserted at ``at`` (its own positions) too, still
         unwritten: one insertion into ``base``."""
-        placed = self.at + np.arange(len(self.at))  # where numpy puts the earlier rows
+        placed = self.placed
         moved = placed + np.searchsorted(at, placed, side="right")
         placed_now = np.concatenate([moved, at + np.arange(len(at))])
         order = np.argsort(placed_now, kind="stable")
@@ -44,7 +54,7 @@ class Insertion:
     def without(self, dropped: np.ndarray) -> np.ndarray | Insertion:
         """The same without the rows at ``dropped`` (ascending positions of the written
         array), still unwritten: ``base`` copied without its own rows among them, if any."""
-        placed = self.at + np.arange(len(self.at))
+        placed = self.placed
         inserted = np.isin(dropped, placed)
         keep_rows = np.ones(len(placed), dtype=bool)
         keep_rows[np.searchsorted(placed, dropped[inserted])] = False
@@ -63,7 +73,7 @@ class Insertion:
 
     def rows_at(self, positions: np.ndarray) -> np.ndarray:
         """The rows the written array would have at ``positions``, without writing it."""
-        placed = self.at + np.arange(len(self.at))
+        placed = self.placed
         before = np.searchsorted(placed, positions)  # inserted rows before each position
         inserted = np.zeros(len(positions), dtype=bool)
         inside = before < len(placed)

@@ -3,7 +3,6 @@ SQL, and projected in fixed blocks (``core.spaces`` says which projection a spac
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -109,11 +108,6 @@ class VectorSet:
         """Where ``product_id`` is, or None when it has no vector here."""
         return position_of(self.held_ids, product_id)
 
-    def grown_rows(self) -> np.ndarray | None:
-        """Where the rows this set was grown by (``with_rows``) are in it; None: not grown."""
-        at = self.inserted_at
-        return None if at is None else at + np.arange(len(at))  # as numpy.insert placed them
-
     def finder(self, lookups: int) -> Callable[[str], int | None]:
         """How to find a product's position (None: absent) for about ``lookups`` look-ups:
         the dict of every id when it is built already or they are many, else binary search
@@ -159,27 +153,19 @@ class VectorSet:
         if not ids:
             return self
         held, stored = self.held_ids, self.stored
+        if not self.count:
+            stored = np.zeros((0, vectors.shape[1]), vectors.dtype)
         # Past _PENDING_MAX waiting rows or ids, written now: the next insertion or merge
         # starts afresh (this set's held ids still name its rows).
         if isinstance(stored, Insertion) and len(stored.rows) >= _PENDING_MAX:
             stored = self.vectors
-        merged: Ids = held
-        if isinstance(held, PendingIds) and len(held.new) >= _PENDING_MAX:
-            merged = held.listed
-        if isinstance(merged, PendingIds):
-            at = np.array([merged.bisect(pid) for pid in ids], dtype=np.int64)
-            grown_ids = merged.then(ids)
-        else:
-            at = np.array([bisect.bisect_left(merged, pid) for pid in ids], dtype=np.int64)
-            grown_ids = PendingIds(merged, list(ids))
-        if not self.count:
-            stored = np.zeros((0, vectors.shape[1]), vectors.dtype)
-        base = stored.base if isinstance(stored, Insertion) else stored
-        rows = vectors.astype(base.dtype)
-        if isinstance(stored, Insertion):
-            grown = stored.then(at, rows)
-        else:
-            grown = Insertion(stored, at, rows)
+        pending = held if isinstance(held, PendingIds) else PendingIds(held, [])
+        if len(pending.new) >= _PENDING_MAX:
+            pending = PendingIds(pending.listed, [])
+        insertion = stored if isinstance(stored, Insertion) else Insertion.into(stored)
+        at = np.array([pending.bisect(pid) for pid in ids], dtype=np.int64)
+        rows = vectors.astype(insertion.base.dtype)
+        grown_ids, grown = pending.then(ids), insertion.then(at, rows)
         return VectorSet(
             grown_ids, grown, parent_ids=held, inserted_at=at, added_ids=list(ids), added=rows
         )
