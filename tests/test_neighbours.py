@@ -17,7 +17,14 @@ def _random(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("n", "d", "k", "block"),
-    [(500, 32, 10, 64), (1200, 128, 10, 500), (300, 16, 5, 1000), (97, 8, 10, 7)],
+    # (2600, 32, 10, 2048): faiss's tiles of queries and of candidates crossed in one call.
+    [
+        (500, 32, 10, 64),
+        (1200, 128, 10, 500),
+        (300, 16, 5, 1000),
+        (97, 8, 10, 7),
+        (2600, 32, 10, 2048),
+    ],
 )
 def test_equals_sklearn_brute_force(n: int, d: int, k: int, block: int) -> None:
     vectors = _random(n, d, seed=n)
