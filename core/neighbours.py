@@ -117,13 +117,6 @@ _SMALL_BASE = 256
 # The exact fallback: rows at a time, and candidates per tile (64 x 65,536 float64 = 32 MB).
 _REDO_ROWS = 64
 _REDO_TILE = 65_536
-# Faiss scores a tile of queries against a tile of candidates with one BLAS product, then
-# reads the tile into each query's heap. Its default tile, 4,096 x 1,024 scores (16 MB), leaves
-# a core's own cache, and two workers' tiles fill a 32 MB shared one: at 1M x 64, a block
-# of 16,384 queries took 12% longer alone, and 18% longer with two workers side by side, than
-# with tiles of 512 queries (2 MB; BENCHMARKS.md, an eighth day). Process-wide, as faiss has it.
-_FAISS_QUERY_TILE = 512
-faiss.cvar.distance_compute_blas_query_bs = _FAISS_QUERY_TILE
 
 
 def _search(

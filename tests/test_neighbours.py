@@ -17,7 +17,7 @@ def _random(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("n", "d", "k", "block"),
-    # (2600, 32, 10, 2048): faiss's tiles of queries and of candidates crossed in one call.
+    # (2600, 32, 10, 2048): several of faiss's tiles of candidates (1,024) in one call.
     [
         (500, 32, 10, 64),
         (1200, 128, 10, 500),

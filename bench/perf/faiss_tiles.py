@@ -1,12 +1,13 @@
 """Faiss's tile of queries in the exact build's search: one process alone, and two side by side.
 
-An exact build's block is one ``faiss.knn`` of 16,384 queries against every vector, one thread
-per worker process. Faiss scores a tile of queries against a tile of candidates with one BLAS
-product and reads the scores into each query's heap; this script times the same search with
-each tile of queries asked for (``--tiles``; faiss's default is 4,096, ``core.neighbours``
-sets 512), in one process alone and in two processes at once (as two workers run), rounds
-interleaved, on the synthetic vectors of ``bench/scale.py``. Ratios are to faiss's default
-tile measured in the same round.
+An exact build's block searches 16,384 queries against every vector, ``LOOKALIKE_BLOCK_SIZE``
+(2,048) a ``faiss.knn`` call, one thread per worker process. Faiss scores a tile of queries
+against a tile of 1,024 candidates with one BLAS product and reads the scores into each
+query's heap; this script times the same search with each tile of queries asked for
+(``--tiles``; faiss's default, which the build keeps, is 4,096: with 2,048 queries a call,
+a tile of 2,048), in one process alone and in two processes at once (as two
+workers run), rounds interleaved, on the synthetic vectors of ``bench/scale.py``. Ratios are to
+faiss's default tile measured in the same round.
 
     python bench/perf/faiss_tiles.py --products 1000000 --queries 8192 --rounds 3
 """
@@ -30,7 +31,7 @@ from bench.scale import K, base_vectors, synthetic
 FAISS_DEFAULT_TILE = 4096
 
 
-def child(vectors_path: str, tile: int, offset: int, queries: int) -> None:
+def child(vectors_path: str, tile: int, offset: int, queries: int, per_call: int) -> None:
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -39,11 +40,15 @@ def child(vectors_path: str, tile: int, offset: int, queries: int) -> None:
     base = np.ascontiguousarray(vectors)
     batch = np.ascontiguousarray(base[offset : offset + queries])
     started = time.perf_counter()
-    faiss.knn(batch, base, K + 12, metric=faiss.METRIC_INNER_PRODUCT)
+    for start in range(0, queries, per_call):
+        part = batch[start : start + per_call]
+        faiss.knn(part, base, K + 12, metric=faiss.METRIC_INNER_PRODUCT)
     print(time.perf_counter() - started)
 
 
-def timed(vectors_path: Path, tile: int, offsets: list[int], queries: int) -> list[float]:
+def timed(
+    vectors_path: Path, tile: int, offsets: list[int], queries: int, per_call: int
+) -> list[float]:
     """Seconds of each of ``len(offsets)`` processes searching at once."""
     procs = [
         subprocess.Popen(
@@ -55,6 +60,7 @@ def timed(vectors_path: Path, tile: int, offsets: list[int], queries: int) -> li
                 str(tile),
                 str(at),
                 str(queries),
+                str(per_call),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -66,11 +72,12 @@ def timed(vectors_path: Path, tile: int, offsets: list[int], queries: int) -> li
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--products", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=8192)
+    parser.add_argument("--per-call", type=int, default=2048, help="queries per faiss.knn call")
     parser.add_argument("--tiles", default=f"{FAISS_DEFAULT_TILE},1024,512")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "lookalike-data")
@@ -86,8 +93,10 @@ def main() -> None:
         pair: dict[int, list[float]] = {t: [] for t in tiles}
         for round_no in range(args.rounds):
             for tile in tiles:
-                alone[tile] += timed(path, tile, [0], args.queries)
-                pair[tile] += timed(path, tile, [0, args.products // 2], args.queries)
+                alone[tile] += timed(path, tile, [0], args.queries, args.per_call)
+                pair[tile] += timed(
+                    path, tile, [0, args.products // 2], args.queries, args.per_call
+                )
                 print(
                     f"round {round_no} tile {tile}: alone {alone[tile][-1]:.2f} s, "
                     f"pair {pair[tile][-2]:.2f} / {pair[tile][-1]:.2f} s",
@@ -97,6 +106,7 @@ def main() -> None:
     ref_pair = statistics.median(pair[FAISS_DEFAULT_TILE])
     print(
         f"\n{args.products:,} x 64 vectors, {args.queries:,} queries per process, "
+        f"{args.per_call:,} a call, "
         f"{args.rounds} rounds; medians (least to most)"
     )
     print("| tile of queries | alone | two at once | two / alone | alone vs 4,096 | two vs 4,096 |")
