@@ -208,11 +208,15 @@ def build_block(context: Context, session: Session, job_id: str, block_no: int) 
     s = context.settings
     started = time.perf_counter()
     planned = Space.parse(plan.space_id)
-    yield from neighbour_build.run_block(
+    times = yield from neighbour_build.run_block(
         session, job_id, block_no, planned, context.spaces, s.neighbours, s.block_size
     )
     log.info(
-        "block done job=%s block=%d seconds=%.1f", job_id, block_no, time.perf_counter() - started
+        "block done job=%s block=%d seconds=%.1f %s",
+        job_id,
+        block_no,
+        time.perf_counter() - started,
+        times,
     )
     if not neighbour_build.is_last_block(session, job_id):
         return

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -173,6 +174,22 @@ def set_progress(session: Session, job_id: str) -> None:
     )
 
 
+@dataclass
+class BlockTimes:
+    """Where a block's seconds went, for its log line: what two workers share shows there."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _mark: float = field(default_factory=time.perf_counter)
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._mark
+        self._mark = now
+
+    def __str__(self) -> str:
+        return " ".join(f"{phase}={seconds:.1f}" for phase, seconds in self.seconds.items())
+
+
 def run_block(
     session: Session,
     job_id: str,
@@ -181,20 +198,23 @@ def run_block(
     reader: SpaceReader,
     k: int,
     search_block: int,
-) -> Iterator[None]:
+) -> Generator[None, None, BlockTimes]:
     """Compute one block's lists and write those that differ; the caller commits at each
-    yield (once the block is marked running, so that who holds it shows)."""
+    yield (once the block is marked running, so that who holds it shows). Returns where the
+    block's time went: reading the rows, searching, waiting for the table's lock, writing."""
+    times = BlockTimes()
     block = session.get(BuildBlock, (job_id, block_no))
     if block is None:
         raise JobNotFound(f"{job_id}/block {block_no}")
     if block.state == BlockState.DONE:
-        return
+        return times
     block.state = BlockState.RUNNING
     block.attempts += 1
     block.worker = worker_name()
     yield
     plan = BuildPlan.of(get_job(session, job_id))
     vectors, _, groups = listed_rows(session, space, reader)
+    times.lap("read")
     written = 0
     # Rows that changed since the plan are left to the finish, which rebuilds.
     if plan is not None and plan.fits(space, vectors, groups):
@@ -204,13 +224,17 @@ def run_block(
             vectors.vectors, k, search_block, queries=rows, groups=groups, indexes=indexes
         )
         ids = vectors.ids[block.row_start : block.row_stop]
+        times.lap("search")
         before = lock_neighbour_table(session)  # only to write: blocks compute in parallel
+        times.lap("lock")
         changed_ids = write_changed(session, space, vectors, ids, fresh, k, part=True)
         log_list_writes(session, before, changed_ids)
         written = len(changed_ids)
+        times.lap("write")
     block.written = written
     block.state = BlockState.DONE
     set_progress(session, job_id)
+    return times
 
 
 def is_last_block(session: Session, job_id: str) -> bool:
