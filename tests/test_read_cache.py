@@ -23,7 +23,7 @@ from core.db import make_engine, make_sessionmaker
 from core.read_cache import ReadCache
 from migrations import upgrade
 from tests.conftest import ROOT, TSHIRTS
-from tests.test_read_path import index
+from tests.test_read_path import index, index_only
 
 
 @pytest.fixture
@@ -67,6 +67,26 @@ def test_kept_until_a_counter_moves(indexed: Engine) -> None:
         assert cache.get("a", render) == str(n - 1).encode()  # within the bound: still kept
         time.sleep(0.06)
         assert cache.get("a", render) == str(n).encode(), write
+
+
+def test_lists_written_as_new_rows_move_the_counter(
+    indexed: Engine, sample_catalogue: Path
+) -> None:
+    """A build writes new list rows through COPY on PostgreSQL (core.neighbour_table); the
+    table's statement trigger must move the counter for it as for an INSERT."""
+    counter = text("SELECT value FROM change_counters WHERE name = 'neighbours'")
+    rows = text("SELECT count(*) FROM neighbours WHERE product_id = :id")
+    with indexed.begin() as connection:
+        connection.execute(
+            text("DELETE FROM neighbours WHERE product_id = :id"), {"id": TSHIRTS[0]}
+        )
+        before = connection.scalar(counter)
+    with make_sessionmaker(indexed)() as session:
+        index_only(session, sample_catalogue)  # the same catalogue: the missing list written
+        session.commit()
+    with indexed.begin() as connection:
+        assert connection.scalar(rows, {"id": TSHIRTS[0]}) > 0
+        assert connection.scalar(counter) > before
 
 
 def test_bounded_and_least_recently_used_out(indexed: Engine) -> None:

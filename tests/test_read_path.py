@@ -30,14 +30,19 @@ UNLISTED = TSHIRTS[1]  # has a vector, but its list was removed
 ODD = "odd id+é?&"  # an id that addresses must quote; it has a list and is in another's
 
 
-def index(session: Session, catalogue: Path) -> None:
-    """Index ``catalogue`` with the pixel encoder, then add a product without a vector, take
-    away one product's list, and add a product with an odd id in the lists."""
+def index_only(session: Session, catalogue: Path) -> None:
+    """Index ``catalogue`` in process with the pixel encoder."""
     context = in_process_context(
         PixelEncoder(max_pixels=50_000_000), block_size=64, batch_size=8, decode_workers=1
     )
     for _ in index_catalogue(context, session, read_catalogue(catalogue).items):
         session.flush()
+
+
+def index(session: Session, catalogue: Path) -> None:
+    """Index ``catalogue`` with the pixel encoder, then add a product without a vector, take
+    away one product's list, and add a product with an odd id in the lists."""
+    index_only(session, catalogue)
     photo = catalogue / "images" / f"{SAMPLE_IDS[0]}.jpg"
     session.add(Product(id="lone", meta={}, image_path=str(photo), content_hash="0" * 64))
     session.execute(delete(Neighbour).where(Neighbour.product_id == UNLISTED))
