@@ -1,5 +1,6 @@
-"""Writing a build block's list rows to PostgreSQL: COPY (how ``core.neighbour_table`` writes new
-rows since 7e70e48) against the INSERT over arrays it used before, side by side in one table.
+"""Writing a build block's list rows to PostgreSQL: ``core.neighbour_table.write_lists`` (new rows
+through COPY since 7e70e48) against the INSERT over arrays it used before, side by side in one
+table.
 
 A fresh database at the migrations' head; blocks of --block products with 10 list rows each
 (random neighbours among --products ids, the space id of today's default recipe), written one
@@ -20,16 +21,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.common import create_database, drop_database
 from core.db import make_engine
-from core.neighbour_table import _Columns, _copy_rows
+from core.neighbour_table import write_lists
+from core.neighbours import Neighbours, empty_lists
+from core.spaces import Space
+from core.vectors import VectorSet
 
 K = 10
 SPACE_ID = (
@@ -68,19 +73,31 @@ def _postgres_cpu() -> float:
     return total
 
 
-def _insert(connection: Connection, columns: _Columns) -> None:
-    for part in columns.parts():
-        connection.execute(INSERT_OVER_ARRAYS, {**part, "space_id": SPACE_ID})
+def _insert(session: Session, vectors: VectorSet, block_ids: list[str], lists: Neighbours) -> None:
+    """The rows as the writer made them until 7e70e48, through the INSERT over arrays."""
+    rows, ranks = np.nonzero(np.ones(lists.positions.shape, dtype=bool))
+    columns: dict[str, list[Any]] = {
+        "product_ids": [block_ids[row] for row in rows.tolist()],
+        "ranks": (ranks + 1).tolist(),
+        "neighbour_ids": vectors.ids_at(lists.positions.ravel()),
+        "scores": lists.scores.ravel().astype(np.float64).tolist(),
+    }
+    for start in range(0, len(rows), 50_000):
+        part = {name: values[start : start + 50_000] for name, values in columns.items()}
+        session.execute(INSERT_OVER_ARRAYS, {**part, "space_id": SPACE_ID})
 
 
-def _copy(connection: Connection, columns: _Columns) -> None:
-    with Session(bind=connection) as session:
-        _copy_rows(session, columns, SPACE_ID)
+def _write_lists(
+    session: Session, vectors: VectorSet, block_ids: list[str], lists: Neighbours
+) -> None:
+    """The writer itself, on lists not in the table yet."""
+    stored = empty_lists(len(block_ids), K)
+    write_lists(session, vectors, block_ids, lists, Space.parse(SPACE_ID), stored, set())
 
 
-METHODS: dict[str, Callable[[Connection, _Columns], None]] = {
+METHODS: dict[str, Callable[[Session, VectorSet, list[str], Neighbours], None]] = {
     "INSERT over arrays (until 7e70e48)": _insert,
-    "COPY, binary (now)": _copy,
+    "write_lists: COPY, binary (now)": _write_lists,
 }
 
 
@@ -96,22 +113,23 @@ def main() -> None:
     engine = make_engine(url)
     rng = np.random.default_rng(0)
     ids = [f"s{n:07d}" for n in range(args.products)]
+    vectors = VectorSet(ids, np.zeros((args.products, 1), dtype=np.float32))
     names = list(METHODS)
     measured: dict[str, list[list[float]]] = {name: [] for name in names}
     try:
         for block in range(args.blocks):
             name = names[block % len(names)]
             first = block * args.block
-            columns = _Columns(
-                [ids[(first + row) % args.products] for row in range(args.block) for _ in range(K)],
-                list(range(1, K + 1)) * args.block,
-                [ids[n] for n in rng.integers(0, args.products, args.block * K).tolist()],
-                rng.random(args.block * K).tolist(),
+            block_ids = [ids[(first + row) % args.products] for row in range(args.block)]
+            lists = Neighbours(
+                rng.integers(0, args.products, (args.block, K)),
+                np.sort(rng.random((args.block, K), dtype=np.float32))[:, ::-1],
             )
-            with engine.begin() as connection:
+            with engine.begin() as connection, Session(bind=connection) as session:
                 backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
                 before = (time.perf_counter(), time.process_time(), _cpu(backend), _postgres_cpu())
-                METHODS[name](connection, columns)
+                METHODS[name](session, vectors, block_ids, lists)
+                session.flush()
             after = (time.perf_counter(), time.process_time(), _cpu(backend), _postgres_cpu())
             measured[name].append([b - a for a, b in zip(before, after, strict=True)])
             print(f"block {block}: {name}: " + ", ".join(f"{v:.2f} s" for v in measured[name][-1]))
