@@ -241,9 +241,9 @@ def _update_rows(session: Session, columns: _Columns, space_id: str) -> None:
 
 
 def _copy_rows(session: Session, columns: _Columns, space_id: str) -> None:
-    """New rows through COPY, binary: a build block's 164k rows in two thirds of the time an
-    INSERT over arrays took, the client's CPU a third (BENCHMARKS.md, 2026-12-07, a ninth
-    day). COPY fires the table's statement trigger as an INSERT does."""
+    """New rows through COPY, binary: a build block's 164k rows in 0.6 of the time an INSERT
+    over arrays took, with a quarter of the client's CPU (bench/perf/list_writes.py;
+    BENCHMARKS.md, a ninth day). COPY fires the table's statement trigger as an INSERT does."""
     driver: Any = session.connection().connection.driver_connection  # psycopg's
     with driver.cursor() as cursor, cursor.copy(_COPY_ROWS) as copy:
         copy.set_types(_COPY_TYPES)
