@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import statistics
 import subprocess
@@ -215,4 +216,22 @@ def peak_mib(pid: int) -> float:
 def group_pids(pgid: int) -> list[int]:
     """The processes of a process group (a worker's main and pool processes)."""
     found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far, from /proc (processes that ended are skipped)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on this machine: backends, checkpointer, WAL writer..."""
+    found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout
     return [int(pid) for pid in found.split()]

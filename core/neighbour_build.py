@@ -179,7 +179,7 @@ class BlockTimes:
     """Where a block's seconds went, for its log line: what two workers share shows there."""
 
     seconds: dict[str, float] = field(default_factory=dict)
-    _mark: float = field(default_factory=time.perf_counter)
+    _mark: float = field(default_factory=time.perf_counter, init=False, repr=False)
 
     def lap(self, phase: str) -> None:
         now = time.perf_counter()

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import create_database, drop_database
+from bench.common import cpu_seconds, create_database, drop_database, postgres_pids
 from core.db import make_engine
 from core.neighbour_table import write_lists
 from core.neighbours import Neighbours, empty_lists
@@ -49,40 +49,22 @@ INSERT_OVER_ARRAYS = text(
     "CAST(:neighbour_ids AS varchar[]), CAST(:scores AS double precision[])) "
     "AS row (product_id, rank, neighbour_id, score)"
 )
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu(pid: int | str) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _postgres_cpu() -> float:
-    total = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm in ("postgres", "postmaster"):
-            total += _cpu(pid)
-    return total
+def _postgres_cpu(backend: int) -> tuple[float, float]:
+    """CPU seconds so far of the backend, and of every PostgreSQL process."""
+    return cpu_seconds([backend]), cpu_seconds(postgres_pids())
 
 
 def _insert(session: Session, vectors: VectorSet, block_ids: list[str], lists: Neighbours) -> None:
     """The rows as the writer made them until 7e70e48, through the INSERT over arrays."""
-    rows, ranks = np.nonzero(np.ones(lists.positions.shape, dtype=bool))
     columns: dict[str, list[Any]] = {
-        "product_ids": [block_ids[row] for row in rows.tolist()],
-        "ranks": (ranks + 1).tolist(),
+        "product_ids": [pid for pid in block_ids for _ in range(K)],
+        "ranks": list(range(1, K + 1)) * len(block_ids),
         "neighbour_ids": vectors.ids_at(lists.positions.ravel()),
         "scores": lists.scores.ravel().astype(np.float64).tolist(),
     }
-    for start in range(0, len(rows), 50_000):
+    for start in range(0, len(columns["ranks"]), 50_000):
         part = {name: values[start : start + 50_000] for name, values in columns.items()}
         session.execute(INSERT_OVER_ARRAYS, {**part, "space_id": SPACE_ID})
 
@@ -127,10 +109,9 @@ def main() -> None:
             )
             with engine.begin() as connection, Session(bind=connection) as session:
                 backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-                before = (time.perf_counter(), time.process_time(), _cpu(backend), _postgres_cpu())
+                before = (time.perf_counter(), time.process_time(), *_postgres_cpu(backend))
                 METHODS[name](session, vectors, block_ids, lists)
-                session.flush()
-            after = (time.perf_counter(), time.process_time(), _cpu(backend), _postgres_cpu())
+            after = (time.perf_counter(), time.process_time(), *_postgres_cpu(backend))
             measured[name].append([b - a for a, b in zip(before, after, strict=True)])
             print(f"block {block}: {name}: " + ", ".join(f"{v:.2f} s" for v in measured[name][-1]))
     finally:

@@ -39,7 +39,16 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import ROOT, free_port, listed_ids, lookalike_env, record, start_web
+from bench.common import (
+    ROOT,
+    cpu_seconds,
+    free_port,
+    listed_ids,
+    lookalike_env,
+    postgres_pids,
+    record,
+    start_web,
+)
 from bench.perf.open_loop import open_loop
 
 README_QUERY = (
@@ -53,19 +62,6 @@ request = function()
   return wrk.format("GET", "/api/products/" .. ids[math.random(#ids)] .. "/similar")
 end
 """
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of ``pids`` so far (processes that ended are skipped)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
 
 
 def _group(pgid: int) -> list[int]:
@@ -73,15 +69,10 @@ def _group(pgid: int) -> list[int]:
     return [int(pid) for pid in found.split()]
 
 
-def _postgres() -> list[int]:
-    found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in found.split()]
-
-
 def _wrk(base: str, script: Path, connections: int, seconds: int, server: int) -> dict[str, float]:
     """wrk at saturation, with the CPU each party spent per request."""
-    servers, databases = _group(server), _postgres()
-    before = (_cpu_seconds(servers), _cpu_seconds(databases))
+    servers, databases = _group(server), postgres_pids()
+    before = (cpu_seconds(servers), cpu_seconds(databases))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
@@ -104,8 +95,8 @@ def _wrk(base: str, script: Path, connections: int, seconds: int, server: int) -
         "p50": latency("50%"),
         "p99": latency("99%"),
         "errors": float(errors[1]) if errors else 0.0,
-        "cpu_server_ms": 1000 * (_cpu_seconds(servers) - before[0]) / count,
-        "cpu_database_ms": 1000 * (_cpu_seconds(databases) - before[1]) / count,
+        "cpu_server_ms": 1000 * (cpu_seconds(servers) - before[0]) / count,
+        "cpu_database_ms": 1000 * (cpu_seconds(databases) - before[1]) / count,
         "cpu_client_ms": 1000
         * (after.ru_utime - children.ru_utime + after.ru_stime - children.ru_stime)
         / count,
