@@ -1,7 +1,8 @@
 """The full neighbour build, in blocks that any worker can take.
 
 An index job's finalise step fixes the space and the rows (the space's vectors without twins,
-in id order) and splits them into blocks of ``build_block_rows`` consecutive rows; each block
+in id order) and splits them into blocks of ``build_block_rows`` consecutive rows, the last ones
+smaller (``block_bounds``); each block
 computes the exact top-k of its rows against every row, on whichever worker takes it, and
 writes the lists that differ from the table. A block that runs twice (redelivered after a
 crash) computes the same lists and finds nothing to write. The block that finds every other
@@ -52,6 +53,34 @@ from core.vectors import VectorSet
 
 # A block goes through the states a chunk of photos does.
 BlockState = ChunkState
+
+# The last blocks of a build shrink: each takes this share of the rows left to plan...
+TAIL_SHARE = 8
+# ...down to a block of this share of a full one.
+SMALLEST_SHARE = 16
+
+
+def block_bounds(rows: int, block_rows: int) -> list[tuple[int, int]]:
+    """The blocks of a build of ``rows`` rows, as ``[start, stop)`` ranges, sent in order.
+
+    Full blocks of ``block_rows`` while more than ``TAIL_SHARE`` of them are left, then each
+    block takes an eighth of the rows still to plan, never fewer than a sixteenth of a full
+    block. With equal blocks, the worker that draws the last one runs it alone while the others
+    idle (at 1M rows and two workers, one block of 30 s in a build of 17 minutes); shrinking
+    blocks let every worker's last block end close to the others', whatever the number of
+    workers (up to about twice ``TAIL_SHARE``, the full blocks the tail adds up to), as a
+    guided schedule does without knowing it. No more than one block fits: one block.
+    """
+    if rows <= block_rows:
+        return [(0, rows)]
+    smallest = max(1, block_rows // SMALLEST_SHARE)
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < rows:
+        size = min(block_rows, max(smallest, -(-(rows - start) // TAIL_SHARE)))
+        bounds.append((start, min(rows, start + size)))
+        start += size
+    return bounds
 
 
 @dataclass(frozen=True)
@@ -127,7 +156,7 @@ def plan_build(
         rows = len(vectors.ids)
         approximate_build = search.approximate(rows)
         plan = BuildPlan(space.id, rows, _digest(vectors, groups), approximate_build)
-        starts = list(range(0, rows, block_rows)) or [0]
+        bounds = block_bounds(rows, block_rows)
         session.execute(delete(BuildBlock).where(BuildBlock.job_id == job.id))
         session.execute(delete(BuildIndex).where(BuildIndex.job_id == job.id))
         if approximate_build:
@@ -137,17 +166,17 @@ def plan_build(
                 job_id=job.id,
                 block_no=n,
                 row_start=start,
-                row_stop=min(start + block_rows, rows),
+                row_stop=stop,
                 state=BlockState.QUEUED,
             )
-            for n, start in enumerate(starts)
+            for n, (start, stop) in enumerate(bounds)
         )
         job.params = {**(job.params or {}), "build": plan.as_params()}
         flag_modified(job, "params")
         photos = session.scalar(
             select(func.coalesce(func.sum(JobChunk.total), 0)).where(JobChunk.job_id == job.id)
         )
-        job.total = int(photos or 0) + len(starts)  # progress: the photos, then the blocks
+        job.total = int(photos or 0) + len(bounds)  # progress: the photos, then the blocks
         session.flush()
     return list(
         session.scalars(

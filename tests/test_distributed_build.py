@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from core.encoder import PixelEncoder
 from core.job_steps import run_step
 from core.jobs import JobStep, StepCall
 from core.models import BuildBlock, Embedding, Job, Neighbour, Product
-from core.neighbour_build import BlockState, BuildPlan, run_block
+from core.neighbour_build import BlockState, BuildPlan, block_bounds, run_block
 from core.spaces import Space, load_space_vectors
 from tests.conftest import ROOT, Workers, in_process_context
 from tests.test_indexing import _colour_catalogue, _table, table_of
@@ -36,7 +37,7 @@ def test_the_in_process_build_runs_the_same_blocks(
     db_session: Session, pixel_encoder: PixelEncoder, tmp_path: Path
 ) -> None:
     root = _colour_catalogue(tmp_path, 23)
-    context = in_process_context(pixel_encoder, build_block_rows=5, neighbours=4)
+    context = in_process_context(pixel_encoder, build_block_rows=2, neighbours=4)
     *_, job = index_catalogue(context, db_session, read_catalogue(root).items)
     assert job.state == "succeeded"
     space = Space(pixel_encoder.model_id)
@@ -45,15 +46,12 @@ def test_the_in_process_build_runs_the_same_blocks(
     blocks = db_session.scalars(
         select(BuildBlock).where(BuildBlock.job_id == job.id).order_by(BuildBlock.block_no)
     ).all()
-    assert [(b.row_start, b.row_stop) for b in blocks] == [
-        (0, 5),
-        (5, 10),
-        (10, 15),
-        (15, 20),
-        (20, 23),
+    # Full blocks while more than 8 are left, then smaller ones (block_bounds).
+    assert [(b.row_start, b.row_stop) for b in blocks] == [(n, n + 2) for n in range(0, 16, 2)] + [
+        (n, n + 1) for n in range(16, 23)
     ]
     assert {b.state for b in blocks} == {BlockState.DONE} and all(b.attempts == 1 for b in blocks)
-    assert (job.done, job.total) == (23 + 5, 23 + 5)  # the photos, then the blocks
+    assert (job.done, job.total) == (23 + 15, 23 + 15)  # the photos, then the blocks
 
     # A block run again (a redelivery) writes nothing and changes nothing.
     blocks[2].state = BlockState.QUEUED
@@ -70,6 +68,20 @@ def test_the_in_process_build_runs_the_same_blocks(
     again = db_session.get(BuildBlock, (job.id, 2))
     assert again is not None and (again.attempts, again.written) == (2, 0)
     assert _table(db_session) == table
+
+
+def test_the_last_blocks_shrink_so_that_workers_finish_together() -> None:
+    bounds = block_bounds(1_000_000, 16_384)
+    sizes = [stop - start for start, stop in bounds]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 1_000_000
+    assert all(a[1] == b[0] for a, b in pairwise(bounds))  # no gap
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 16_384
+    # The shrinking blocks add up to several full ones, each a sixteenth of one at least
+    # (the very last takes what is left).
+    tail = [size for size in sizes if size < 16_384]
+    assert 6 * 16_384 < sum(tail) < 8 * 16_384 and min(tail[:-1]) == 1_024
+    # No more than a block: one block, as before.
+    assert block_bounds(1_217, 16_384) == [(0, 1_217)] and block_bounds(0, 16_384) == [(0, 0)]
 
 
 def _clustered(count: int, dim: int, seed: int) -> np.ndarray:
@@ -181,7 +193,8 @@ def test_two_workers_build_in_blocks_and_survive_one_killed_mid_build(
     assert "succeeded" in out
     assert job_id is not None
     blocks = _blocks(url, job_id)
-    assert len(blocks) == 16 and {state for _, state, _, _ in blocks} == {BlockState.DONE}
+    assert len(blocks) == len(block_bounds(len(vectors), 1500))
+    assert {state for _, state, _, _ in blocks} == {BlockState.DONE}
     workers_seen = {worker.rsplit(":", 1)[1] for _, _, worker, _ in blocks if worker}
     assert len(workers_seen) == 2  # both took blocks
     # The block the victim held ran again, on the survivor.
