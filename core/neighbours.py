@@ -117,6 +117,19 @@ _SMALL_BASE = 256
 # The exact fallback: rows at a time, and candidates per tile (64 x 65,536 float64 = 32 MB).
 _REDO_ROWS = 64
 _REDO_TILE = 65_536
+# Faiss scans the candidates with BLAS only for a call of enough queries, and with a kernel of
+# its own below that: from distance_compute_blas_threshold queries in older versions (20), from
+# that threshold divided by the dimension in the one measured here (1.15: 128,000, so 2,000
+# queries a call at d = 64). Against 1M candidates its kernel took 2.5-4 times as long a query
+# as BLAS does from about 16 queries a call (BENCHMARKS.md, a tenth day): what a build's last,
+# smaller blocks, the last queries of every block and an add of many products paid. BLAS from
+# this many queries a call, whatever the version:
+_BLAS_QUERIES = 16
+_BLAS_BY_DIMENSION = faiss.cvar.distance_compute_blas_threshold > 1_000  # the newer rule
+
+
+def _blas_from_few_queries(d: int) -> None:
+    faiss.cvar.distance_compute_blas_threshold = _BLAS_QUERIES * (d if _BLAS_BY_DIMENSION else 1)
 
 
 def _search(
@@ -170,6 +183,7 @@ def _float32_candidates(
             return _small_knn(queries, base, count)
         return faiss.knn(queries, base, count, metric=faiss.METRIC_INNER_PRODUCT)
 
+    _blas_from_few_queries(vectors.shape[1])
     # One more than needed, so that a query's own entry can be dropped.
     wanted = min(keep + 1, len(cand_pos))
     running = empty_lists(len(query_pos), keep)

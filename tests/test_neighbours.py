@@ -149,3 +149,22 @@ def test_exact_fallback_across_candidate_tiles(
     positions, scores = _reference(vectors, 10)
     np.testing.assert_array_equal(found.positions, positions)
     np.testing.assert_array_equal(found.scores, scores)
+
+
+@pytest.mark.parametrize("d", [64, 1024])
+def test_faiss_scans_with_blas_from_a_few_queries_a_call(d: int) -> None:
+    """faiss 1.15 keeps BLAS for calls of 2,000 queries or more at d = 64 (its threshold over
+    the dimension) and scans with a kernel 2.5-4 times slower a query below: a build's last,
+    smaller blocks and adds of many products took that path. top_k lowers the threshold to
+    16 queries a call, for every dimension; the lists stay exact either way."""
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = 128_000  # the default of the faiss measured
+    vectors = _random(300, d, seed=d)
+    ours = top_k(vectors, 10, 64)
+    queries = neighbours._BLAS_QUERIES
+    expected = queries * d if neighbours._BLAS_BY_DIMENSION else queries
+    assert faiss.cvar.distance_compute_blas_threshold == expected
+    brute = vectors @ vectors.T
+    np.fill_diagonal(brute, -np.inf)
+    np.testing.assert_array_equal(ours.positions[:, 0], brute.argmax(axis=1))
