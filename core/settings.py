@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         default=16384,
         ge=256,
         description="Rows per block (task) of the full neighbour build; blocks run on any "
-        "worker, in parallel.",
+        "worker, in parallel, the last ones smaller so that the workers finish together.",
     )
     neighbour_search: Literal["auto", "exact", "approximate"] = Field(
         default="auto",
