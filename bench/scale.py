@@ -12,7 +12,9 @@ Side by side in one run:
 
 * the build through 1 worker process, then through 2 (each a fresh, cold ``lookalike worker
   --concurrency 1`` with one OpenMP thread), from the job's finalise to its end: planning,
-  every block's search and its list rows written to PostgreSQL;
+  every block's search and its list rows written to PostgreSQL; ``--workers 2,1,2`` builds in
+  that order and also gives the 1-worker build against the mean of the two around it, which
+  cancels a steady drift of the machine's speed over the three;
 * faiss ``IndexFlatIP`` searching every vector's k+1 nearest in this process (1 and 2 threads):
   the search alone, no rescoring and no writes, as the reference;
 * peak resident memory of every worker process, and how long a cold worker takes to be ready;
@@ -474,7 +476,12 @@ def main() -> None:
         "graph (the approximate search alone, in process), pynndescent, updates (adds and "
         "deletes on the last table built).",
     )
-    parser.add_argument("--workers", default="1,2", help="Worker counts of the exact build.")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="Worker counts of the exact builds, in turn on the same vectors; 2,1,2 also gives "
+        "the 1-worker build against the mean of the 2-worker builds around it.",
+    )
     parser.add_argument(
         "--twins", action="store_true", help="updates: two products share a photo first."
     )
@@ -532,7 +539,8 @@ def main() -> None:
         LOOKALIKE_CHUNK_SIZE="100000",  # the stored vectors need no embedding: few chunks
         LOOKALIKE_NEIGHBOUR_SEARCH="exact",
     )
-    runs = [(f"workers_{n}", int(n), "exact") for n in args.workers.split(",") if "exact" in stages]
+    counts = [int(n) for n in args.workers.split(",")] if "exact" in stages else []
+    runs = [(name, count, "exact") for name, count in zip(run_names(counts), counts, strict=True)]
     if "approximate" in stages:
         runs.append(("approximate_2", 2, "approximate"))
     written = bool(args.reuse_database)
@@ -590,8 +598,31 @@ def main() -> None:
             drop_database(url)
     if "workers_1" in results and "workers_2" in results:
         save(speedup=results["workers_1"]["build_s"] / results["workers_2"]["build_s"])
+    built = [(count, results[name]["build_s"]) for name, count, _ in runs if name in results]
+    if interleaved := interleaved_speedups(built):
+        save(interleaved_speedups=interleaved)
     if "workers_2" in results and "faiss_flat_2_thread_s" in results:
         save(vs_faiss_2_threads=results["workers_2"]["build_s"] / results["faiss_flat_2_thread_s"])
+
+
+def run_names(counts: list[int]) -> list[str]:
+    """``workers_N`` for each build, ``workers_N_K`` for the Kth build through N workers."""
+    names = []
+    for at, count in enumerate(counts):
+        seen = counts[:at].count(count)
+        names.append(f"workers_{count}" + (f"_{seen + 1}" if seen else ""))
+    return names
+
+
+def interleaved_speedups(built: list[tuple[int, float]]) -> list[float]:
+    """Each 1-worker build's seconds over the mean of the 2-worker builds just before and
+    after it (``--workers 2,1,2``): a drift of the machine's speed that is steady over the
+    three builds cancels, where a 1-worker build against one 2-worker build counts it whole."""
+    return [
+        seconds / ((built[at - 1][1] + built[at + 1][1]) / 2)
+        for at, (count, seconds) in enumerate(built)
+        if count == 1 and 0 < at < len(built) - 1 and built[at - 1][0] == built[at + 1][0] == 2
+    ]
 
 
 def faiss_top1(vectors: np.ndarray) -> float:
