@@ -598,7 +598,11 @@ def main() -> None:
             drop_database(url)
     if "workers_1" in results and "workers_2" in results:
         save(speedup=results["workers_1"]["build_s"] / results["workers_2"]["build_s"])
-    built = [(count, results[name]["build_s"]) for name, count, _ in runs if name in results]
+    built = [
+        (count, results[name]["build_s"])
+        for name, count, mode in runs
+        if mode == "exact" and name in results
+    ]
     if interleaved := interleaved_speedups(built):
         save(interleaved_speedups=interleaved)
     if "workers_2" in results and "faiss_flat_2_thread_s" in results:
